@@ -1,0 +1,1 @@
+"""Plumbing shared by every command: config parsing, run logs and plots, token averaging."""

@@ -1,0 +1,77 @@
+"""Run outputs shared by every training command: config.json, metrics.jsonl, samples.jsonl, plots."""
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+
+def write_config(output_dir: str | Path, config) -> None:
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    values = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    (out / "config.json").write_text(json.dumps(values, indent=2, default=str) + "\n")
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record, default=_plain) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_jsonl(path: str | Path, max_step: int) -> None:
+    """Drop records past `max_step` (a resumed run rewrites the steps after its checkpoint)."""
+    path = Path(path)
+    if path.exists():
+        kept = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _plain(value):
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def plot_metrics(metrics_path: str | Path, keys: list[str], out_path: str | Path, title: str = "") -> Path | None:
+    """One PNG with a panel per metric against `step`; a light line for raw values, a dark moving mean."""
+    records = read_jsonl(metrics_path)
+    keys = [k for k in keys if any(_finite(r.get(k)) for r in records)]
+    if not records or not keys:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        points = [(r["step"], r[key]) for r in records if _finite(r.get(key))]
+        steps, values = zip(*points)
+        ax.plot(steps, values, color="tab:blue", alpha=0.35, linewidth=1)
+        window = max(1, len(values) // 10)
+        if window > 1:
+            smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+                      for i in range(len(values))]
+            ax.plot(steps, smooth, color="tab:blue", linewidth=2)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return Path(out_path)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -1,0 +1,15 @@
+"""The minimal model/tokenizer wrapper that grpo/, sft/ and distill/ share.
+
+- `loading`: load a model and tokenizer by name (built-in, hub id, local folder, tiny test model).
+- `chat`: the R1 system prompt and the one prompt rendering used for training and sampling.
+- `sampling`: batched sampling with a KV cache (P prompts x G completions).
+- `logprobs`: per-token log-probs of given tokens, computed in chunks.
+- `checkpoint`: atomic checkpoints that transformers loads, plus the training state.
+"""
+from lm.chat import SYSTEM_PROMPT, render_prompt, render_conversation
+from lm.loading import load_model, tiny_model, tiny_tokenizer
+from lm.logprobs import token_logprobs
+from lm.sampling import sample
+
+__all__ = ["SYSTEM_PROMPT", "render_prompt", "render_conversation", "load_model", "tiny_model",
+           "tiny_tokenizer", "token_logprobs", "sample"]

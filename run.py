@@ -1,0 +1,47 @@
+"""The command line: python run.py COMMAND [--flags] (python run.py COMMAND --help for each one's flags)."""
+import importlib
+import os
+import sys
+
+COMMANDS = {
+    # name: (module, config class, description)
+    "chat": ("recipe.chat", "ChatConfig", "answer one question with a model and the R1 system prompt"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python run.py COMMAND [--flags]   (python run.py COMMAND --help lists its flags)",
+             "", "commands:"]
+    lines += [f"  {name:<10} {description}" for name, (_, _, description) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from common.config import ConfigError, parse_config
+    from tasks.loaders import DataError
+
+    module_name, config_name, description = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    try:
+        config = parse_config(getattr(module, config_name), rest, prog=f"run.py {name}",
+                              description=description)
+        module.main(config)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"error: run.py {name}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nrun.py {name}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,130 @@
+"""Dataset loaders: a spec string in, a list of row dicts out.
+
+Specs:
+    arithmetic            the built-in task, levels 1-3 (see tasks/arithmetic.py)
+    arithmetic:4          one level;  arithmetic:3-5  a range of levels
+    path/to/file.jsonl    a local .jsonl, .json or .parquet file
+    owner/name            a Hugging Face hub dataset (needs the hub)
+
+`load_math` returns rows with `problem` and `solution` (NuminaMath-TIR's columns, as GRPO, eval and
+sampling read them). `load_conversations` returns rows with `messages` (system, user, assistant), as
+SFT and distillation read them, from Bespoke-Stratos `conversations`, chat `messages`,
+`prompt`/`completion` pairs, or the built-in task's worked solutions.
+A missing or empty column fails at load time with one line naming the file, the row and the column.
+"""
+import json
+from pathlib import Path
+
+from lm.chat import SYSTEM_PROMPT
+from tasks.arithmetic import arithmetic_rows
+
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+class DataError(ValueError):
+    """Bad dataset input; the message names the source, the row and the column."""
+
+
+def parse_arithmetic_spec(spec: str) -> tuple[int, ...] | None:
+    """Levels for an `arithmetic[:L or :A-B]` spec; None if the spec is something else."""
+    if spec == "arithmetic":
+        return (1, 2, 3)
+    if not spec.startswith("arithmetic:"):
+        return None
+    text = spec.split(":", 1)[1]
+    try:
+        low, _, high = text.partition("-")
+        return tuple(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise DataError(f"dataset {spec!r}: write arithmetic:L or arithmetic:A-B with levels 1..5") from None
+
+
+def read_rows(spec: str, split: str = "train") -> list[dict]:
+    """Rows of a local file or hub dataset, unvalidated."""
+    path = Path(spec)
+    if path.suffix in FILE_SUFFIXES:
+        if not path.exists():
+            raise DataError(f"dataset file {spec} does not exist")
+        if path.suffix == ".jsonl":
+            rows = []
+            for i, line in enumerate(path.read_text().splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{spec} line {i}: not valid JSON ({e.msg})") from None
+            return rows
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            return data if isinstance(data, list) else data.get(split, data.get("data", []))
+        import pandas as pd
+        return pd.read_parquet(path).to_dict("records")
+    if spec.count("/") != 1 or spec.startswith((".", "/")):
+        raise DataError(f"dataset {spec!r}: not a .jsonl/.json/.parquet file, 'arithmetic', or a hub id")
+    from datasets import load_dataset
+    try:
+        return list(load_dataset(spec, split=split))
+    except Exception as e:  # offline, unknown id, unknown split: one line, the cause named
+        raise DataError(f"dataset {spec!r} (split {split}) could not be loaded: "
+                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def require(rows: list[dict], columns: tuple[str, ...], source: str) -> None:
+    if not rows:
+        raise DataError(f"{source}: no rows")
+    for i, row in enumerate(rows):
+        for column in columns:
+            value = row.get(column) if isinstance(row, dict) else None
+            if value is None or (isinstance(value, (str, list)) and len(value) == 0):
+                raise DataError(f"{source} row {i}: column {column!r} is missing or empty")
+
+
+def load_math(spec: str, split: str = "train", limit: int | None = None, seed: int = 0) -> list[dict]:
+    """Rows with `problem` and `solution` (the gold answer in `\\boxed{}` or plain)."""
+    levels = parse_arithmetic_spec(spec)
+    if levels is not None:
+        return arithmetic_rows(split, limit or 1000, seed=seed, levels=levels)
+    rows = read_rows(spec, split)[:limit]
+    require(rows, ("problem", "solution"), spec)
+    return rows
+
+
+def to_messages(row: dict, index: int, source: str) -> list[dict]:
+    """One conversation (system, user, assistant) from any of the supported row layouts."""
+    if "messages" in row and row["messages"]:
+        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+    elif "conversations" in row and row["conversations"]:  # Bespoke-Stratos: from/value turns
+        roles = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
+        messages = [{"role": roles.get(t["from"], t["from"]), "content": t["value"]}
+                    for t in row["conversations"]]
+        if row.get("system"):
+            messages = [{"role": "system", "content": row["system"]}] + messages
+    elif "prompt" in row and "completion" in row:
+        prompt = row["prompt"]
+        messages = (list(prompt) if isinstance(prompt, list)
+                    else [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}])
+        completion = row["completion"]
+        messages += list(completion) if isinstance(completion, list) else [
+            {"role": "assistant", "content": completion}]
+    else:
+        raise DataError(f"{source} row {index}: needs a 'messages', 'conversations' or "
+                        f"'prompt'+'completion' column")
+    if not messages or messages[-1]["role"] != "assistant" or not messages[-1]["content"]:
+        raise DataError(f"{source} row {index}: the conversation must end with a non-empty assistant message")
+    return messages
+
+
+def load_conversations(spec: str, split: str = "train", limit: int | None = None,
+                       seed: int = 0) -> list[dict]:
+    """Rows with `messages`; the built-in task gives its worked R1-format solutions."""
+    levels = parse_arithmetic_spec(spec)
+    if levels is not None:
+        return [{"messages": [{"role": "system", "content": SYSTEM_PROMPT},
+                              {"role": "user", "content": r["problem"]},
+                              {"role": "assistant", "content": r["worked"]}],
+                 "problem": r["problem"], "solution": r["solution"]}
+                for r in arithmetic_rows(split, limit or 1000, seed=seed, levels=levels)]
+    rows = read_rows(spec, split)[:limit]
+    if not rows:
+        raise DataError(f"{spec}: no rows")
+    return [{**row, "messages": to_messages(row, i, spec)} for i, row in enumerate(rows)]
