@@ -1,0 +1,93 @@
+"""Rewards by name, with weights, and scoring a batch of completions with them.
+
+    specs = build_rewards(["accuracy", "format"], [1.0, 0.5], max_completion_length=256)
+    per_reward, total = score(specs, completions, {"solution": [...], "problem": [...]})
+
+`per_reward[name]` keeps each function's raw values for the metrics; `total` is the weighted sum.
+A function that raises on a batch is retried item by item; an item that still raises, or a value
+that is not a finite number, scores 0.0 and is counted as `<name>/failed`.
+"""
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from rewards import events
+from rewards.math import accuracy_reward, get_cosine_scaled_reward
+from rewards.structure import format_reward, reasoning_steps_reward, tag_count_reward
+from rewards.style import (get_repetition_penalty_reward, get_soft_overlong_reward,
+                           language_consistency_reward)
+
+# name -> maker(max_completion_length) -> reward function
+REGISTRY: dict[str, Callable] = {
+    "accuracy": lambda max_len: accuracy_reward,
+    "format": lambda max_len: format_reward,
+    "reasoning_steps": lambda max_len: reasoning_steps_reward,
+    "cosine": lambda max_len: get_cosine_scaled_reward(),
+    "repetition_penalty": lambda max_len: get_repetition_penalty_reward(),
+    "language_consistency": lambda max_len: language_consistency_reward,
+    "tag_count": lambda max_len: tag_count_reward,
+    "soft_overlong": lambda max_len: get_soft_overlong_reward(max_len, max(1, max_len // 4)),
+}
+# the tutorial's five GRPO rewards
+TUTORIAL_REWARDS = ["accuracy", "format", "reasoning_steps", "cosine", "repetition_penalty"]
+
+
+@dataclass
+class RewardSpec:
+    name: str
+    fn: Callable
+    weight: float
+
+
+def parse_names_and_weights(names: str | list[str], weights: str | list | None) -> tuple[list[str], list[float]]:
+    """`"accuracy,format"`, `"1,0.5"` -> checked lists; weights default to 1 each."""
+    names = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
+    unknown = [n for n in names if n not in REGISTRY]
+    if not names or unknown:
+        raise ValueError(f"--reward-funcs: unknown reward {', '.join(unknown) or '(none given)'}; "
+                         f"known: {', '.join(REGISTRY)}")
+    if weights in (None, "", []):
+        return names, [1.0] * len(names)
+    parts = weights.split(",") if isinstance(weights, str) else list(weights)
+    try:
+        values = [float(w) for w in parts]
+    except ValueError:
+        raise ValueError(f"--reward-weights {weights!r}: not a comma-separated list of numbers") from None
+    if len(values) != len(names):
+        raise ValueError(f"--reward-weights has {len(values)} values for {len(names)} reward functions "
+                         f"({', '.join(names)}); known rewards: {', '.join(REGISTRY)}")
+    return names, values
+
+
+def build_rewards(names, weights=None, max_completion_length: int = 1024) -> list[RewardSpec]:
+    names, values = parse_names_and_weights(names, weights)
+    return [RewardSpec(n, REGISTRY[n](max_completion_length), w) for n, w in zip(names, values)]
+
+
+def _call(spec: RewardSpec, completions: list, columns: dict) -> list[float]:
+    n = len(completions)
+    try:
+        values = list(spec.fn(completions, **columns))
+        if len(values) != n:
+            raise ValueError(f"{spec.name} returned {len(values)} values for {n} completions")
+    except Exception:
+        values = []
+        for i in range(n):
+            try:
+                values.append(spec.fn(completions[i:i + 1], **{k: v[i:i + 1] for k, v in columns.items()})[0])
+            except Exception:
+                values.append(None)
+    out = []
+    for value in values:
+        ok = isinstance(value, (int, float)) and math.isfinite(value)
+        if not ok:
+            events.count(f"{spec.name}/failed")
+        out.append(float(value) if ok else 0.0)
+    return out
+
+
+def score(specs: list[RewardSpec], completions: list, columns: dict) -> tuple[dict[str, list[float]], list[float]]:
+    """(raw values by reward name, weighted sum per completion)."""
+    per_reward = {spec.name: _call(spec, completions, columns) for spec in specs}
+    total = [sum(spec.weight * per_reward[spec.name][i] for spec in specs) for i in range(len(completions))]
+    return per_reward, total

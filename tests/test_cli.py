@@ -1,0 +1,37 @@
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def run(*args, timeout=120):
+    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_help_lists_commands_and_flags_with_defaults():
+    top = run("--help")
+    assert top.returncode == 0 and "chat" in top.stdout
+    chat = run("chat", "--help")
+    assert chat.returncode == 0 and "--max-new-tokens" in chat.stdout and "(default: 256)" in chat.stdout
+
+
+def test_bad_flag_and_bad_value_give_one_line_errors():
+    for args in (["chat", "--bogus", "1"], ["chat", "--max-new-tokens", "many"], ["nosuchcommand"]):
+        out = run(*args)
+        assert out.returncode == 2
+        assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith("error:"), out.stderr
+        assert "Traceback" not in out.stderr
+
+
+def test_chat_answers_with_tiny_model_and_config_file(tmp_path):
+    cfg = tmp_path / "chat.yaml"
+    cfg.write_text("model: tiny\nmax-new-tokens: 5\n")
+    out = run("chat", "What is 2 + 3 * 4?", "--config", str(cfg))
+    assert out.returncode == 0, out.stderr
+    assert "[stopped at the token budget]" in out.stdout or out.stdout.strip()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"modle": "tiny"}))
+    out = run("chat", "hi", "--config", str(bad))
+    assert out.returncode == 2 and "unknown field(s) modle" in out.stderr

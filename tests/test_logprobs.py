@@ -1,0 +1,45 @@
+import torch
+
+from lm.chat import encode_prompt
+from lm.logprobs import positions_from_mask, token_logprobs
+from lm.sampling import sample
+
+
+def plain_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature):
+    ids = torch.cat([prompt_ids, completion_ids], 1)
+    mask = torch.cat([prompt_mask, completion_mask], 1)
+    logits = model(ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
+    logits = logits[:, prompt_ids.shape[1] - 1:-1] / temperature
+    return logits.log_softmax(-1).gather(-1, completion_ids[..., None]).squeeze(-1)
+
+
+def test_chunked_logprobs_match_plain_log_softmax_gather_values_and_gradients(model, tok):
+    prompts = [encode_prompt(tok, "What is 4 + 4?"), encode_prompt(tok, "hi")]
+    s = sample(model, prompts, group_size=2, max_new_tokens=9, temperature=1.0,
+               eos_token_id=tok.eos_token_id, generator=torch.Generator().manual_seed(0))
+    args = (s.prompt_ids, s.prompt_mask, s.completion_ids, s.completion_mask)
+    # chunk of 5 positions does not divide N*T = 36: the last chunk is partial
+    chunked, _ = token_logprobs(model, *args, temperature=0.7, chunk_size=5)
+    plain = plain_logprobs(model, *args, temperature=0.7)
+    assert chunked.shape == (4, 9)
+    assert torch.allclose(chunked, plain, atol=1e-5, rtol=0)
+
+    weights = torch.randn(4, 9, generator=torch.Generator().manual_seed(3))
+    (chunked * weights).sum().backward()
+    g_chunked = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    (plain * weights).sum().backward()
+    for a, (name, p) in zip(g_chunked, model.named_parameters()):
+        assert torch.allclose(a, p.grad, atol=1e-5, rtol=1e-4), name
+
+
+def test_entropy_of_tempered_distribution_matches_definition(model, tok):
+    prompt = torch.tensor([encode_prompt(tok, "x")])
+    completion = torch.tensor([[40, 41, 42]])
+    with torch.no_grad():
+        _, entropy = token_logprobs(model, prompt, torch.ones_like(prompt), completion,
+                                    temperature=2.0, with_entropy=True)
+        logits = model(torch.cat([prompt, completion], 1)).logits[:, prompt.shape[1] - 1:-1] / 2.0
+    p = logits.softmax(-1)
+    expected = -(p * p.log()).sum(-1)
+    assert torch.allclose(entropy, expected, atol=1e-5)

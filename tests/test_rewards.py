@@ -1,0 +1,177 @@
+"""Hand-computed reward fixtures; the arithmetic is in the comment beside each expected value."""
+import math
+import threading
+
+import pytest
+
+from rewards import (accuracy_reward, build_rewards, format_reward, get_cosine_scaled_reward,
+                     get_repetition_penalty_reward, get_soft_overlong_reward, language_consistency_reward,
+                     reasoning_steps_reward, score, tag_count_reward)
+from rewards import events
+from rewards.verify import Verifier, extract_answer
+
+ALL = build_rewards(["accuracy", "format", "reasoning_steps", "cosine", "repetition_penalty",
+                     "language_consistency", "tag_count", "soft_overlong"], max_completion_length=64)
+
+
+# ---------------------------------------------------------------- accuracy
+def test_accuracy_reads_the_answer_tag_in_every_notation():
+    gold = ["The answer is $\\boxed{14}$."] * 4 + ["0.5"]
+    completions = ["<think>7 * 2</think><answer>14</answer>",   # the tutorial scored this 0
+                   "<answer>$14$</answer>",
+                   "<answer>\\boxed{14}</answer>",
+                   "no tags, so the last box: \\boxed{14}",
+                   "<answer>\\frac{1}{2}</answer>"]               # 1/2 = 0.5
+    assert accuracy_reward(completions, solution=gold) == [1.0, 1.0, 1.0, 1.0, 1.0]
+
+
+def test_accuracy_never_takes_a_number_from_the_reasoning():
+    gold = ["\\boxed{14}"] * 4
+    completions = ["<think>2 + 12 = 14</think><answer>15</answer>",  # right number only in reasoning
+                   "<think>so it is 14</think>",                      # no answer at all
+                   "I believe the result is 14.",                     # plain text, no tag, no box
+                   "<answer>13</answer> then <answer>14</answer>"]    # the last tag counts
+    assert accuracy_reward(completions, solution=gold) == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_unparsable_gold_gives_half_and_is_counted():
+    events.take()
+    assert accuracy_reward(["<answer>3</answer>"], solution=["no math here at all"]) == [0.5]
+    assert events.take() == {"accuracy/gold_unparsable": 1}
+
+
+def test_extract_answer():
+    assert extract_answer("<answer> 42 </answer>") == "42"
+    assert extract_answer("x \\boxed{\\frac{1}{2}} y \\boxed{3}") == "3"        # the last box
+    assert extract_answer("\\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"             # nested braces
+    assert extract_answer("\\boxed{12") is None                                   # unbalanced
+    assert extract_answer("42") is None
+
+
+# ---------------------------------------------------------------- format, tags, steps
+def test_format_accepts_only_the_two_blocks():
+    completions = [
+        "<think>a</think><answer>1</answer>",               # 1.0
+        "  <think>a\nb</think>\n\n<answer>1</answer>\n",    # 1.0: whitespace around and between
+        "<think>a</think><answer>1</answer>\nP.S. more",    # 0.0: text after </answer> (tutorial let it pass)
+        "Sure! <think>a</think><answer>1</answer>",         # 0.0: text before <think>
+        "<think>a</think>text<answer>1</answer>",           # 0.0: text between the blocks
+        "<think>a</think><answer>1</answer><answer>2</answer>",  # 0.0: two answers
+        "<think>a<think>b</think><answer>1</answer>",       # 0.0: a nested tag
+        "<answer>1</answer><think>a</think>",               # 0.0: wrong order
+        "",                                                 # 0.0
+    ]
+    assert format_reward(completions) == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_tag_count():
+    # all four once: 4 x 0.25; "<think>" twice: 3 x 0.25; only <answer></answer>: 2 x 0.25
+    assert tag_count_reward(["<think>a</think><answer>1</answer>",
+                             "<think><think>a</think><answer>1</answer>",
+                             "<answer>1</answer>"]) == [1.0, 0.75, 0.5]
+
+
+def test_reasoning_steps_tutorial_examples():
+    assert reasoning_steps_reward([
+        "Step 1: add. Step 2: multiply. Step 3: check.",   # 3 matches -> 1.0
+        "First, add. Finally, check.",                      # 2 -> 2/3
+        "1. add\n2. check",                                 # ^\d+\. on two lines -> 2/3
+        "<think>The answer is 14</think><answer>14</answer>",  # 0 -> 0.0
+        "Step 1: a\n- b\n* c\nNext, d",                     # 4 -> min(1, 4/3) = 1.0
+    ]) == pytest.approx([1.0, 2 / 3, 2 / 3, 0.0, 1.0], abs=1e-12)
+
+
+# ---------------------------------------------------------------- cosine
+def test_cosine_follows_the_tutorial_code_not_its_table():
+    fn = get_cosine_scaled_reward()
+    right = "<answer>14</answer>"                  # 19 characters
+    wrong = "<answer>15</answer>"
+    pad = lambda s, n: s + "x" * (n - len(s))
+    out = fn([pad(right, 100), pad(right, 500), pad(right, 1000), pad(right, 3000),
+              pad(wrong, 100), pad(wrong, 500), pad(wrong, 1000), pad(wrong, 3000)], solution=["14"] * 8)
+    c100 = math.cos(math.pi * 0.1)  # 0.9510565
+    assert out == pytest.approx([
+        0.8 + 0.1 * (1 + c100),   # 0.99511: short and right
+        0.9,                      # cos(pi/2) = 0 -> 0.8 + 0.1
+        0.8,                      # cos(pi) = -1
+        0.8,                      # past max_len: the end value
+        -0.1 - 0.2 * (1 + c100),  # -0.49021: short and wrong (the tutorial's table says -0.12)
+        -0.3,
+        -0.1,                     # long and wrong is penalised least (the table says -0.5)
+        -0.1,
+    ], abs=1e-9)
+
+
+# ---------------------------------------------------------------- repetition
+def test_repetition_penalty_with_corrected_counts():
+    fn = get_repetition_penalty_reward()
+    out = fn(["I think I should think about this problem I think carefully",  # 11 words, 9 trigrams, 9 distinct -> 0
+              "The answer is the answer is the answer is 14",                  # 8 trigrams, 4 distinct -> 0.5 * -0.1
+              "a a a a a",                                                     # 3 trigrams, 1 distinct -> (2/3) * -0.1
+              "two words"])                                                    # fewer than 3 words -> 0
+    assert out == pytest.approx([0.0, -0.05, -0.1 * 2 / 3, 0.0], abs=1e-12)
+
+
+# ---------------------------------------------------------------- language
+def test_language_consistency_share_of_question_script():
+    out = language_consistency_reward(
+        ["<think>Сначала сложим</think><answer>5</answer>",    # 2 Cyrillic words of 2 -> 1.0
+         "<think>Сначала add числа</think><answer>5</answer>",  # 2 Cyrillic of 3 -> 2/3
+         "<think>first add</think>",                           # Latin question, Latin words -> 1.0
+         "<think>我们先加 then</think>",                        # 4 Han characters + 1 Latin word -> 4/5
+         "<think>123 + 456</think>"],                          # no words -> 0.0
+        problem=["Сколько будет 2+3?", "Сколько будет 2+3?", "What is 2+3?", "二加三是多少?", "What?"])
+    assert out == pytest.approx([1.0, 2 / 3, 1.0, 0.8, 0.0], abs=1e-12)
+
+
+# ---------------------------------------------------------------- soft overlong
+def test_soft_overlong_dapo():
+    fn = get_soft_overlong_reward(max_length=100, cache_length=20)
+    # L <= 80: 0;  L = 90: (80 - 90) / 20 = -0.5;  L = 100: -1.0;  L = 101: -1
+    assert fn(["x"] * 4, completion_length=[80, 90, 100, 101]) == [0.0, -0.5, -1.0, -1.0]
+
+
+# ---------------------------------------------------------------- robustness
+def test_every_reward_survives_hostile_inputs():
+    nasty = ["", None, 12345, b"bytes", "x" * 1_000_000, "日本語のテキスト<answer>", "\\frac{" * 500,
+             "<answer>" + "\\sqrt{" * 200 + "2" + "}" * 200 + "</answer>", [{"content": "<answer>1</answer>"}]]
+    columns = {"solution": ["1"] * len(nasty), "problem": ["What is 1?"] * len(nasty)}
+    per_reward, total = score(ALL, nasty, columns)
+    for name, values in per_reward.items():
+        assert len(values) == len(nasty) and all(math.isfinite(v) for v in values), name
+    assert per_reward["accuracy"][-1] == 1.0   # TRL's chat layout is read too
+
+
+def test_verification_time_limit_works_off_the_main_thread():
+    verifier = Verifier(timeout=1.0)
+    result = {}
+    # $(10^(10^10))!$ makes sympy compute for minutes; it must come back as "timeout"
+    worker = threading.Thread(target=lambda: result.update(
+        out=verifier.check([("\\boxed{14}", "$(10^{10^{10}})!$"), ("\\boxed{14}", "14")])))
+    worker.start()
+    worker.join(60)
+    verifier.close()
+    assert result["out"] == ["timeout", "correct"]   # the batch goes on after the slow item
+
+
+def test_unknown_reward_and_weight_mismatch_fail_with_known_names():
+    with pytest.raises(ValueError, match="unknown reward accurcy; known: accuracy, format"):
+        build_rewards("accurcy,format")
+    with pytest.raises(ValueError, match="2 values for 1 reward functions"):
+        build_rewards("accuracy", "1,2")
+
+
+def test_weighted_sum_and_a_raising_function_scores_zero():
+    def flaky(completions, **columns):
+        if any("boom" in c for c in completions):
+            raise RuntimeError("boom")
+        return [1.0] * len(completions)
+
+    specs = build_rewards("format,tag_count", "1,0.5")
+    from rewards.registry import RewardSpec
+    specs.append(RewardSpec("flaky", flaky, 2.0))
+    events.take()
+    per, total = score(specs, ["<think>a</think><answer>1</answer>", "boom"], {})
+    # first: 1 * 1.0 + 0.5 * 1.0 + 2 * 1.0 = 3.5; second: 0 + 0.5 * 0 + 2 * 0 (raised) = 0
+    assert total == [3.5, 0.0]
+    assert per["flaky"] == [1.0, 0.0] and events.take() == {"flaky/failed": 1}

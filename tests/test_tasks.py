@@ -1,0 +1,86 @@
+import json
+import re
+
+import pytest
+
+from tasks import DataError, arithmetic_rows, load_conversations, load_math
+
+
+def test_arithmetic_answers_match_python_evaluation():
+    rows = arithmetic_rows("train", 300, seed=7, levels=(1, 2, 3, 4, 5))
+    for row in rows:
+        expression = row["problem"].removeprefix("What is ").removesuffix("?")
+        assert eval(expression) == row["answer"], row["problem"]  # Python's own precedence
+        assert row["solution"].endswith(f"\\boxed{{{row['answer']}}}$.")
+    assert {r["level"] for r in rows} == {1, 2, 3, 4, 5}
+
+
+def test_levels_have_their_shape():
+    by_level = {lv: arithmetic_rows("train", 30, seed=1, levels=(lv,)) for lv in (1, 2, 3, 4, 5)}
+    operands = lambda p: len(re.findall(r"\d+", p))
+    assert all(operands(r["problem"]) == 2 and "*" not in r["problem"] for r in by_level[1])
+    assert all(operands(r["problem"]) == 3 and "(" not in r["problem"] for r in by_level[3])
+    assert all(operands(r["problem"]) == 4 and "(" in r["problem"] for r in by_level[4])
+    assert all(operands(r["problem"]) == 5 for r in by_level[5])
+
+
+def test_train_and_test_never_share_a_problem_and_are_reproducible():
+    train = {r["problem"] for r in arithmetic_rows("train", 2000, seed=0)}
+    test = {r["problem"] for r in arithmetic_rows("test", 300, seed=5)}
+    assert len(train) == 2000 and len(test) == 300
+    assert not train & test
+    assert arithmetic_rows("test", 50, seed=3) == arithmetic_rows("test", 50, seed=3)
+
+
+def test_worked_solution_steps_are_exact_and_follow_order_of_operations():
+    rows = arithmetic_rows("train", 200, seed=2, levels=(3, 4, 5))
+    for row in rows:
+        think, answer = re.fullmatch(r"<think>\n(.*)\n</think>\n<answer>(-?\d+)</answer>",
+                                     row["worked"], re.S).groups()
+        assert int(answer) == row["answer"]
+        steps = re.findall(r"Step (\d+): (\(?-?\d+\)?) ([-+*]) (\(?-?\d+\)?) = (-?\d+)(?:, so the expression becomes (.*))?\.", think)
+        assert [int(s[0]) for s in steps] == list(range(1, len(steps) + 1))
+        for _, a, op, b, value, rest in steps:
+            assert eval(f"{a} {op} {b}") == int(value)
+            if rest:
+                assert eval(rest) == row["answer"]  # each rewritten expression keeps the value
+        assert int(steps[-1][4]) == row["answer"]
+
+
+def test_worked_solution_by_hand():
+    from tasks.arithmetic import Num, Op, worked_solution
+    # 2 + 3 * 4: the product first (12), then the sum (14)
+    text = worked_solution(Op("+", Num(2), Op("*", Num(3), Num(4))))
+    assert text == ("<think>\nWe need to evaluate 2 + 3 * 4.\n"
+                    "Step 1: 3 * 4 = 12, so the expression becomes 2 + 12.\n"
+                    "Step 2: 2 + 12 = 14.\n</think>\n<answer>14</answer>")
+
+
+def test_local_file_errors_name_file_row_and_column(tmp_path):
+    path = tmp_path / "math.jsonl"
+    path.write_text(json.dumps({"problem": "1+1", "solution": "2"}) + "\n"
+                    + json.dumps({"problem": "2+2", "solution": ""}) + "\n")
+    with pytest.raises(DataError, match=r"math.jsonl row 1: column 'solution' is missing or empty"):
+        load_math(str(path))
+    with pytest.raises(DataError, match="does not exist"):
+        load_math(str(tmp_path / "nope.jsonl"))
+    path.write_text('{"problem": "1+1", "solution": "2"}\n{oops\n')
+    with pytest.raises(DataError, match="math.jsonl line 2: not valid JSON"):
+        load_math(str(path))
+
+
+def test_conversation_layouts(tmp_path):
+    rows = [{"system": "S", "conversations": [{"from": "user", "value": "Q"}, {"from": "assistant", "value": "A"}]},
+            {"messages": [{"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]},
+            {"prompt": "Q3", "completion": "A3"}]
+    path = tmp_path / "conv.json"
+    path.write_text(json.dumps(rows))
+    loaded = load_conversations(str(path))
+    assert [m["role"] for m in loaded[0]["messages"]] == ["system", "user", "assistant"]
+    assert loaded[1]["messages"][-1]["content"] == "A2"
+    assert loaded[2]["messages"][1] == {"role": "user", "content": "Q3"}
+    builtin = load_conversations("arithmetic", limit=3)
+    assert builtin[0]["messages"][-1]["content"].startswith("<think>")
+    path.write_text(json.dumps([{"prompt": "Q", "completion": ""}]))
+    with pytest.raises(DataError, match="row 0"):
+        load_conversations(str(path))
