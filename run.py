@@ -6,6 +6,8 @@ import sys
 COMMANDS = {
     # name: (module, config class, description)
     "chat": ("recipe.chat", "ChatConfig", "answer one question with a model and the R1 system prompt"),
+    "grpo": ("grpo.train", "GRPOConfig", "train with GRPO (group relative policy optimization) on rewards"),
+    "eval": ("recipe.evaluate", "EvalConfig", "score models on a held-out split: accuracy, format, pass@k"),
 }
 
 

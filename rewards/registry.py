@@ -39,10 +39,22 @@ class RewardSpec:
     weight: float
 
 
+def import_reward(name: str) -> Callable | None:
+    """A user's own reward given as `package.module:function`; None if it cannot be imported."""
+    import importlib
+    module, _, attr = name.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
 def parse_names_and_weights(names: str | list[str], weights: str | list | None) -> tuple[list[str], list[float]]:
-    """`"accuracy,format"`, `"1,0.5"` -> checked lists; weights default to 1 each."""
+    """`"accuracy,format"`, `"1,0.5"` -> checked lists; weights default to 1 each.
+
+    Besides the registered names, `package.module:function` names a reward function of your own."""
     names = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
-    unknown = [n for n in names if n not in REGISTRY]
+    unknown = [n for n in names if n not in REGISTRY and not (":" in n and import_reward(n))]
     if not names or unknown:
         raise ValueError(f"--reward-funcs: unknown reward {', '.join(unknown) or '(none given)'}; "
                          f"known: {', '.join(REGISTRY)}")
@@ -61,7 +73,8 @@ def parse_names_and_weights(names: str | list[str], weights: str | list | None) 
 
 def build_rewards(names, weights=None, max_completion_length: int = 1024) -> list[RewardSpec]:
     names, values = parse_names_and_weights(names, weights)
-    return [RewardSpec(n, REGISTRY[n](max_completion_length), w) for n, w in zip(names, values)]
+    return [RewardSpec(n, REGISTRY[n](max_completion_length) if n in REGISTRY else import_reward(n), w)
+            for n, w in zip(names, values)]
 
 
 def _call(spec: RewardSpec, completions: list, columns: dict) -> list[float]:

@@ -1,0 +1,34 @@
+"""Optimizer and learning-rate schedule shared by the training loops."""
+import math
+
+import torch
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def make_optimizer(model, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999)) -> torch.optim.AdamW:
+    """AdamW; biases and norm weights (1-D parameters) get no weight decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def lr_factor(step: int, kind: str, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
+    """Multiplier of the peak learning rate at optimizer step `step` (0-based): linear warmup, then
+    constant, linear decay or cosine decay to `min_ratio` at `total_steps`."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"lr scheduler {kind!r}: choose one of {', '.join(SCHEDULES)}")
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    decay = 1.0 - progress if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_ratio + (1.0 - min_ratio) * decay
+
+
+def make_scheduler(optimizer, kind: str, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    lr_factor(0, kind, warmup_steps, total_steps)  # validates kind
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, kind, warmup_steps, total_steps))

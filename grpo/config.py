@@ -1,0 +1,76 @@
+"""The `python run.py grpo` config: every flag, its default, one line of help."""
+from dataclasses import dataclass
+
+from common.config import arg
+from common.optim import SCHEDULES
+from grpo.advantages import SCALES
+from grpo.loss import LOSS_TYPES
+from rewards import parse_names_and_weights
+
+
+@dataclass
+class GRPOConfig:
+    # model and data
+    model: str = arg("smollm2-135m", "policy to start from: built-in name, checkpoint folder or hub id")
+    dataset: str = arg("arithmetic", "math prompts: arithmetic[:levels], a local file, or a hub id")
+    train_problems: int = arg(5000, "size of the training prompt pool (built-in task) / row limit")
+    # sampling
+    group_size: int = arg(8, "completions per prompt, G (alias --num-generations)",
+                          aliases=["--num-generations", "--num_generations"])
+    prompts_per_step: int = arg(4, "prompts per step, B; a step trains on N = B * G completions")
+    max_completion_length: int = arg(128, "token budget per completion")
+    temperature: float = arg(1.0, "sampling temperature; training log-probs use the same one")
+    top_p: float = arg(1.0, "nucleus sampling threshold")
+    top_k: int = arg(0, "keep only the k most likely tokens (0: all)")
+    # rewards and advantages
+    reward_funcs: str = arg("accuracy,format", "comma-separated reward names (see rewards/__init__.py)")
+    reward_weights: str = arg("", "comma-separated weights, one per reward (empty: all 1)")
+    scale_rewards: str = arg("group", "advantage scaling: group (GRPO), batch, or none (Dr. GRPO)")
+    mask_truncated_completions: bool = arg(False, "exclude completions that hit the budget from the loss (DAPO)")
+    # loss
+    loss_type: str = arg("grpo", "token averaging: grpo (per-sequence mean), dr_grpo, dapo")
+    beta: float = arg(0.0, "weight of the k3 KL to the reference model (0: no reference model)")
+    epsilon: float = arg(0.2, "clip range below (and above unless --epsilon-high)")
+    epsilon_high: float | None = arg(None, "clip range above (DAPO clip-higher, e.g. 0.28)")
+    importance_sampling_level: str = arg("token", "token (GRPO) or sequence (GSPO) importance ratios")
+    num_iterations: int = arg(1, "updates per sampled batch, mu (>1 computes old log-probs)")
+    # optimisation
+    learning_rate: float = arg(2e-6, "peak learning rate (AdamW)")
+    weight_decay: float = arg(0.0, "AdamW weight decay")
+    warmup_ratio: float = arg(0.0, "share of optimizer steps spent warming up linearly")
+    lr_scheduler: str = arg("constant", "constant, linear or cosine decay after warmup")
+    max_grad_norm: float = arg(1.0, "clip the gradient norm to this (0: no clipping)")
+    max_steps: int = arg(50, "sampling steps to train for")
+    micro_batch_size: int = arg(8, "sequences per forward/backward (gradient accumulation)")
+    gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass to save memory")
+    logprob_chunk_size: int = arg(1024, "token positions per chunk of the output layer")
+    # plumbing
+    dtype: str = arg("auto", "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16")
+    device: str = arg("auto", "auto, cpu, cuda")
+    seed: int = arg(0, "seed for data order, sampling and the eval split")
+    output_dir: str = arg("runs/grpo", "where config, metrics, samples, checkpoints and plots go")
+    save_every: int = arg(25, "checkpoint every k steps (and at the end)")
+    keep_checkpoints: int = arg(2, "how many recent checkpoints to keep")
+    eval_every: int = arg(0, "run the held-out eval every k steps (0: before and after only; -1: never)")
+    eval_dataset: str = arg("", "held-out dataset for eval (empty: the training dataset's test split)")
+    eval_problems: int = arg(100, "held-out problems per eval")
+    log_samples: int = arg(2, "decoded completions per step written to samples.jsonl")
+    resume: str = arg("", "a run folder (or checkpoint folder) to continue exactly")
+    trust_remote_code: bool = arg(False, "allow model code from the hub")
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise ValueError(f"--group-size {self.group_size}: GRPO compares completions, use at least 2")
+        if self.temperature <= 0:
+            raise ValueError("--temperature must be > 0: GRPO trains the distribution it samples from")
+        checks = [(self.scale_rewards, SCALES, "--scale-rewards"), (self.loss_type, LOSS_TYPES, "--loss-type"),
+                  (self.lr_scheduler, SCHEDULES, "--lr-scheduler"),
+                  (self.importance_sampling_level, ("token", "sequence"), "--importance-sampling-level")]
+        for value, choices, flag in checks:
+            if value not in choices:
+                raise ValueError(f"{flag} {value!r}: choose one of {', '.join(choices)}")
+        for flag in ("prompts_per_step", "max_completion_length", "max_steps", "micro_batch_size",
+                     "num_iterations", "save_every"):
+            if getattr(self, flag) < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
+        parse_names_and_weights(self.reward_funcs, self.reward_weights)

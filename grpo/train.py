@@ -1,0 +1,234 @@
+"""`python run.py grpo`: the GRPO training loop, top to bottom.
+
+One step (DESIGN.md's data flow):
+    B prompts -> G completions each (KV-cache sampler)            -> ids, mask (N, T), truncated (N,)
+    decode, score with each reward, weighted sum                  -> rewards (N,)
+    group-normalised advantages                                   -> adv (N,)
+    old log-probs (only if num_iterations > 1), ref log-probs (only if beta > 0)
+    for each of num_iterations updates: for each micro-batch:
+        logp = per-token log-probs at the sampling temperature     (n, T)
+        loss = grpo_loss(...) with the whole batch's normaliser, backward
+    clip the gradient norm, optimizer step, LR schedule
+    metrics line, a few decoded samples, checkpoint every k steps, eval every k steps
+
+Deliberate choices:
+- Training log-probs are taken at the sampling temperature, so the trained distribution is the one
+  that sampled.
+- With one update per batch, old_logp is the detached current logp (ratio 1, no clipping): no
+  extra forward pass.
+- A non-finite loss or gradient skips the update and is logged; three in a row stop the run with
+  the last good checkpoint on disk.
+"""
+import copy
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from common.optim import make_optimizer, make_scheduler
+from common.runlog import append_jsonl, plot_metrics, truncate_jsonl, write_config
+from grpo.advantages import group_advantages
+from grpo.config import GRPOConfig  # noqa: F401  (run.py finds it here)
+from grpo.loss import grpo_loss
+from lm import checkpoint as ckpt
+from lm import load_model, sample, token_logprobs
+from lm.chat import encode_prompt
+from recipe.evaluate import evaluate
+from rewards import build_rewards, events, score
+from tasks import load_math
+
+PLOT_KEYS = ["reward", "reward_std", "loss", "kl", "clip_frac", "completion_len", "truncated_frac",
+             "entropy", "grad_norm", "eval/accuracy", "eval/format_rate"]
+MAX_BAD_STEPS = 3
+
+
+def prompt_rows(rows: list[dict], seed: int, position: int, count: int) -> list[dict]:
+    """`count` rows starting at `position` of an endless, per-epoch shuffled stream."""
+    out = []
+    for p in range(position, position + count):
+        epoch, index = divmod(p, len(rows))
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        out.append(rows[order[index].item()])
+    return out
+
+
+def main(config: GRPOConfig) -> dict:
+    resume_from = find_resume(config.resume)
+    out = resume_from.parent if resume_from else Path(config.output_dir)
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_model(str(resume_from) if resume_from else config.model, dtype=config.dtype,
+                                  device=config.device, trust_remote_code=config.trust_remote_code)
+    ref_model = None
+    if config.beta > 0:  # the reference is always the starting model, also on resume
+        ref_model = (load_model(config.model, dtype=config.dtype, device=config.device)[0] if resume_from
+                     else copy.deepcopy(model)).eval().requires_grad_(False)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+
+    rows = load_math(config.dataset, "train", config.train_problems, seed=config.seed)
+    eval_rows = (load_math(config.eval_dataset or config.dataset, "test", config.eval_problems, seed=config.seed)
+                 if config.eval_every >= 0 else [])
+    specs = build_rewards(config.reward_funcs, config.reward_weights, config.max_completion_length)
+    total_updates = config.max_steps * config.num_iterations
+    optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
+    scheduler = make_scheduler(optimizer, config.lr_scheduler, int(config.warmup_ratio * total_updates), total_updates)
+    generator = torch.Generator(device=model.device).manual_seed(config.seed)
+
+    start_step = 0
+    if resume_from:
+        state = ckpt.load_training_state(resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["sampling_rng"])
+        start_step = state["step"]
+        truncate_jsonl(out / "metrics.jsonl", start_step)
+        truncate_jsonl(out / "samples.jsonl", start_step)
+        print(f"resumed from {resume_from} at step {start_step}")
+    else:
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            (out / name).unlink(missing_ok=True)
+    write_config(out, config)
+
+    def save(step: int) -> Path:
+        return ckpt.save_checkpoint(out, step, model, tokenizer, {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "sampling_rng": generator.get_state(), "data_position": step * config.prompts_per_step},
+            keep=config.keep_checkpoints)
+
+    def run_eval(step: int) -> dict:
+        metrics, _ = evaluate(model, tokenizer, eval_rows, max_new_tokens=config.max_completion_length,
+                              seed=config.seed, progress=False)
+        return {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+    first_eval = run_eval(start_step) if eval_rows and start_step == 0 else {}
+    if first_eval:
+        append_jsonl(out / "metrics.jsonl", {"step": 0, **first_eval})
+    bad_steps, last = 0, {}
+    bar = tqdm(range(start_step, config.max_steps), desc="grpo", unit="step",
+               initial=start_step, total=config.max_steps)
+    for step in bar:
+        t0 = time.perf_counter()
+        # ---- algorithm: sample G completions for each of B prompts
+        batch = prompt_rows(rows, config.seed, step * config.prompts_per_step, config.prompts_per_step)
+        model.eval()
+        s = sample(model, [encode_prompt(tokenizer, r["problem"]) for r in batch], group_size=config.group_size,
+                   max_new_tokens=config.max_completion_length, temperature=config.temperature,
+                   top_p=config.top_p, top_k=config.top_k, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id, generator=generator)
+        model.train()
+        t_sample = time.perf_counter() - t0
+
+        # ---- algorithm: score, then group-relative advantages
+        G = config.group_size
+        lengths = s.completion_mask.sum(-1)                                       # (N,)
+        texts = tokenizer.batch_decode([ids[:n] for ids, n in zip(s.completion_ids.tolist(), lengths.tolist())],
+                                       skip_special_tokens=True)
+        columns = {k: [r[k] for r in batch for _ in range(G)] for k in batch[0] if k != "worked"}
+        columns["completion_length"] = lengths.tolist()
+        per_reward, total = score(specs, texts, columns)
+        rewards = torch.tensor(total, dtype=torch.float32)                        # (N,)
+        adv = group_advantages(rewards, G, scale=config.scale_rewards).to(model.device)
+        mask = s.completion_mask.clone()
+        if config.mask_truncated_completions:
+            mask = mask * (~s.truncated).to(mask.dtype)[:, None]
+
+        # ---- algorithm: reference and old log-probs, only when they are needed
+        N = len(texts)
+        micro = [slice(i, i + config.micro_batch_size) for i in range(0, N, config.micro_batch_size)]
+        logp_args = lambda m, sl: token_logprobs(m, s.prompt_ids[sl], s.prompt_mask[sl], s.completion_ids[sl],
+                                                 s.completion_mask[sl], temperature=config.temperature,
+                                                 chunk_size=config.logprob_chunk_size)[0]
+        with torch.no_grad():
+            ref_logp = torch.cat([logp_args(ref_model, sl) for sl in micro]) if ref_model is not None else None
+            old_logp = torch.cat([logp_args(model, sl) for sl in micro]) if config.num_iterations > 1 else None
+        t_train = time.perf_counter()
+        normalizer = {"grpo": N, "dr_grpo": N * config.max_completion_length,
+                      "dapo": mask.sum().clamp(min=1).item()}[config.loss_type]
+
+        # ---- algorithm: num_iterations updates, each accumulated over micro-batches
+        for _ in range(config.num_iterations):
+            step_loss, stats_sum, entropy_sum, finite = 0.0, {}, 0.0, True
+            for sl in micro:
+                logp, entropy = token_logprobs(model, s.prompt_ids[sl], s.prompt_mask[sl], s.completion_ids[sl],
+                                               s.completion_mask[sl], temperature=config.temperature,
+                                               chunk_size=config.logprob_chunk_size, with_entropy=True)
+                loss, stats = grpo_loss(
+                    logp, old_logp[sl] if old_logp is not None else logp.detach(),
+                    ref_logp[sl] if ref_logp is not None else None, adv[sl], mask[sl],
+                    epsilon=config.epsilon, epsilon_high=config.epsilon_high, beta=config.beta,
+                    loss_type=config.loss_type, max_completion_length=config.max_completion_length,
+                    normalizer=normalizer, importance_sampling_level=config.importance_sampling_level)
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                loss.backward()
+                step_loss += loss.item()
+                share = (sl.stop if sl.stop < N else N) - sl.start
+                for k, v in stats.items():
+                    stats_sum[k] = stats_sum.get(k, 0.0) + v * share / N
+                entropy_sum += (entropy.detach() * s.completion_mask[sl]).sum().item()
+            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf"))
+                         if finite else torch.tensor(float("nan")))
+            if finite and torch.isfinite(grad_norm):
+                optimizer.step()
+                scheduler.step()
+                bad_steps = 0
+            else:
+                bad_steps += 1
+            optimizer.zero_grad(set_to_none=True)
+
+        # ---- plumbing: metrics, samples, checkpoints, eval
+        t_end = time.perf_counter()
+        record = {"step": step + 1, "loss": step_loss if finite else float("nan"),
+                  "lr": scheduler.get_last_lr()[0],
+                  "reward": rewards.mean().item(), "reward_std": rewards.view(-1, G).std(1).mean().item(),
+                  **{f"reward/{k}": sum(v) / len(v) for k, v in per_reward.items()},
+                  **{k: v for k, v in stats_sum.items()},
+                  "entropy": entropy_sum / max(1, s.completion_mask.sum().item()),
+                  "grad_norm": grad_norm.item(),
+                  "completion_len": lengths.float().mean().item(),
+                  "truncated_frac": s.truncated.float().mean().item(),
+                  "skipped": int(not finite or not math.isfinite(grad_norm.item())),
+                  "time_sampling": t_sample, "time_training": t_end - t_train, "time_step": t_end - t0,
+                  **{f"reward_events/{k}": v for k, v in events.take().items()}}
+        if config.eval_every > 0 and (step + 1) % config.eval_every == 0 or (
+                config.eval_every == 0 and eval_rows and step + 1 == config.max_steps):
+            record.update(run_eval(step + 1))
+        append_jsonl(out / "metrics.jsonl", record)
+        for i in range(min(config.log_samples, N)):
+            i_ = i * G  # one completion from each of the first prompts
+            if i_ < N:
+                append_jsonl(out / "samples.jsonl", {"step": step + 1, "prompt": batch[i_ // G]["problem"],
+                                                     "completion": texts[i_], "reward": total[i_],
+                                                     **{k: v[i_] for k, v in per_reward.items()}})
+        bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_len']:.0f}")
+        last = record
+        if bad_steps >= MAX_BAD_STEPS:
+            latest = ckpt.latest_checkpoint(out)
+            raise RuntimeError(f"{MAX_BAD_STEPS} updates in a row had a non-finite loss or gradient; stopped at "
+                               f"step {step + 1}. Last good checkpoint: {latest or 'none saved yet'}")
+        if record["skipped"]:
+            tqdm.write(f"step {step + 1}: non-finite loss or gradient, update skipped")
+        if (step + 1) % config.save_every == 0 or step + 1 == config.max_steps:
+            save(step + 1)
+            plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "GRPO")
+    if first_eval:
+        print(f"held-out accuracy {first_eval['eval/accuracy']:.3f} -> {last.get('eval/accuracy', float('nan')):.3f}, "
+              f"format {first_eval['eval/format_rate']:.3f} -> {last.get('eval/format_rate', float('nan')):.3f}")
+    return last
+
+
+def find_resume(resume: str) -> Path | None:
+    """A checkpoint folder, or the newest complete checkpoint in a run folder."""
+    if not resume:
+        return None
+    path = Path(resume)
+    if (path / ckpt.STATE_FILE).exists():
+        return path
+    latest = ckpt.latest_checkpoint(path)
+    if latest is None:
+        raise FileNotFoundError(f"--resume {resume}: no complete checkpoint there")
+    return latest

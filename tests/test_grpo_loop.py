@@ -1,0 +1,125 @@
+"""The GRPO loop on a tiny random model: it trains, writes its outputs, resumes exactly, survives NaNs."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import grpo.train as train
+from conftest import ROOT
+from grpo.config import GRPOConfig
+from lm.loading import tiny_model
+
+# rewards that vary on a random model's gibberish, so advantages are not all zero
+SIGNAL = dict(reward_funcs="tests.toy_rewards:vowel_share,format", reward_weights="1,1")
+
+
+def tiny_config(tmp_path, **overrides):
+    base = dict(model="tiny", group_size=4, prompts_per_step=2, max_completion_length=12, max_steps=4,
+                micro_batch_size=3, learning_rate=1e-3, eval_every=-1, save_every=2, output_dir=str(tmp_path),
+                **SIGNAL)
+    return GRPOConfig(**{**base, **overrides})
+
+
+def test_run_py_grpo_trains_and_writes_every_output(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "run.py", "grpo", "--model", "tiny", "--group-size", "4", "--prompts-per-step", "2",
+           "--max-completion-length", "12", "--max-steps", "3", "--learning-rate", "1e-3", "--save-every", "2",
+           "--eval-problems", "4", "--output-dir", str(out), "--reward-funcs", SIGNAL["reward_funcs"],
+           "--beta", "0.04"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3]           # eval before, then one line per step
+    for key in ("loss", "lr", "reward", "reward_std", "reward/tests.toy_rewards:vowel_share", "kl", "clip_frac",
+                "completion_len", "truncated_frac", "entropy", "grad_norm", "time_sampling", "time_training"):
+        assert key in metrics[1], key
+    assert "eval/accuracy" in metrics[0] and "eval/accuracy" in metrics[-1]
+    assert json.loads((out / "config.json").read_text())["group_size"] == 4
+    assert (out / "samples.jsonl").read_text().count("\n") == 3 * 2
+    assert (out / "training_curves.png").stat().st_size > 1000
+    trained = AutoModelForCausalLM.from_pretrained(out / "checkpoint-3")
+    start = tiny_model()
+    changed = [not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), start.state_dict().values())]
+    assert sum(changed) > len(changed) // 2                     # parameters moved
+
+
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
+    kw = dict(lr_scheduler="cosine", warmup_ratio=0.25, num_iterations=2, beta=0.04)
+    full = tiny_config(tmp_path / "full", **kw)
+    train.main(full)
+    expected = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+
+    calls = {"n": 0}
+    real_sample = train.sample
+
+    def crash_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("power cut")
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(train, "sample", crash_on_third)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train.main(tiny_config(tmp_path / "cut", **kw))
+    monkeypatch.setattr(train, "sample", real_sample)
+    torch.manual_seed(12345)  # a different global RNG state: the checkpoint must restore it
+    train.main(tiny_config(tmp_path / "other", resume=str(tmp_path / "cut"), **kw))
+    got = [json.loads(l) for l in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in got] == [1, 2, 3, 4]
+    for a, b in zip(expected, got):
+        for key, value in a.items():
+            if not key.startswith("time_"):
+                assert b[key] == pytest.approx(value, rel=1e-6, abs=1e-9), (a["step"], key)
+
+
+def test_non_finite_loss_skips_then_stops_after_three_keeping_last_checkpoint(tmp_path, monkeypatch):
+    real_loss = train.grpo_loss
+    calls = {"n": 0}
+
+    def nan_after_first_step(*args, **kwargs):
+        calls["n"] += 1
+        loss, stats = real_loss(*args, **kwargs)
+        return (loss * float("nan") if calls["n"] > 1 else loss), stats
+
+    monkeypatch.setattr(train, "grpo_loss", nan_after_first_step)
+    with pytest.raises(RuntimeError, match="3 updates in a row had a non-finite loss.*step 4.*checkpoint-3"):
+        train.main(tiny_config(tmp_path, micro_batch_size=8, save_every=1, max_steps=6, keep_checkpoints=10))
+    metrics = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["skipped"] for m in metrics] == [0, 1, 1, 1]
+    assert math.isnan(metrics[1]["loss"])
+    assert not (tmp_path / "checkpoint-4").exists()
+    # the skipped updates never touched the weights: checkpoint-3 holds step 1's good weights
+    after_1 = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-1").state_dict()
+    after_3 = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-3").state_dict()
+    assert all(torch.equal(after_1[k], after_3[k]) and torch.isfinite(after_3[k]).all() for k in after_1)
+
+
+def test_reference_and_old_logprobs_only_when_needed(tmp_path, monkeypatch):
+    real = train.token_logprobs
+    counts = {"no_grad": 0}
+
+    def counting(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            counts["no_grad"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "token_logprobs", counting)
+    train.main(tiny_config(tmp_path / "a", max_steps=1, micro_batch_size=8))
+    assert counts["no_grad"] == 0                    # beta 0, one update: no extra forward
+    train.main(tiny_config(tmp_path / "b", max_steps=1, micro_batch_size=8, beta=0.1))
+    assert counts["no_grad"] == 1                    # the reference forward
+    train.main(tiny_config(tmp_path / "c", max_steps=1, micro_batch_size=8, beta=0.1, num_iterations=2))
+    assert counts["no_grad"] == 3                    # reference + old
+
+
+def test_bad_grpo_flags_fail_at_start_with_one_line(tmp_path):
+    for args, message in ((["--group-size", "1"], "at least 2"),
+                          (["--reward-funcs", "accuracy,nope"], "unknown reward nope"),
+                          (["--loss-type", "ppo"], "--loss-type 'ppo'")):
+        proc = subprocess.run([sys.executable, "run.py", "grpo", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
