@@ -55,7 +55,7 @@ def prompt_rows(rows: list[dict], seed: int, position: int, count: int) -> list[
 
 
 def main(config: GRPOConfig) -> dict:
-    resume_from = find_resume(config.resume)
+    resume_from = ckpt.find_resume(config.resume)
     out = resume_from.parent if resume_from else Path(config.output_dir)
     torch.manual_seed(config.seed)
     model, tokenizer = load_model(str(resume_from) if resume_from else config.model, dtype=config.dtype,
@@ -220,15 +220,3 @@ def main(config: GRPOConfig) -> dict:
               f"format {first_eval['eval/format_rate']:.3f} -> {last.get('eval/format_rate', float('nan')):.3f}")
     return last
 
-
-def find_resume(resume: str) -> Path | None:
-    """A checkpoint folder, or the newest complete checkpoint in a run folder."""
-    if not resume:
-        return None
-    path = Path(resume)
-    if (path / ckpt.STATE_FILE).exists():
-        return path
-    latest = ckpt.latest_checkpoint(path)
-    if latest is None:
-        raise FileNotFoundError(f"--resume {resume}: no complete checkpoint there")
-    return latest

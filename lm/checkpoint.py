@@ -79,3 +79,16 @@ def load_training_state(checkpoint_dir: str | Path, restore_rng: bool = True) ->
     if restore_rng:
         set_rng_state(state["rng"])
     return state
+
+
+def find_resume(resume: str) -> Path | None:
+    """`--resume`: a checkpoint folder, or the newest complete checkpoint in a run folder."""
+    if not resume:
+        return None
+    path = Path(resume)
+    if (path / STATE_FILE).exists():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise FileNotFoundError(f"--resume {resume}: no complete checkpoint there")
+    return latest

@@ -49,20 +49,39 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
         completion_mask = torch.ones_like(completion_ids)
     ids = torch.cat([prompt_ids, completion_ids], 1)                              # (N, P+T)
     mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], 1)     # (N, P+T)
-    hidden = model.base_model(input_ids=ids, attention_mask=mask,
-                              position_ids=positions_from_mask(mask)).last_hidden_state
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
+                              use_cache=False).last_hidden_state
     hidden = hidden[:, -T - 1:-1].reshape(N * T, -1)                              # (N*T, H)
-    targets = completion_ids.reshape(N * T)                                       # (N*T,)
-    lm_head = model.get_output_embeddings()
+    logp, entropy = chunked_logprobs(model.get_output_embeddings(), hidden, completion_ids.reshape(N * T),
+                                     temperature, chunk_size, with_entropy)
+    return logp.view(N, T), entropy.view(N, T)
+
+
+def chunked_logprobs(lm_head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                     chunk_size: int = 1024, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, H) hidden states and (M,) targets -> (M,) log-probs (and entropies), chunk by chunk."""
     recompute = torch.is_grad_enabled() and hidden.requires_grad
     logps, entropies = [], []
-    for start in range(0, N * T, chunk_size):
+    for start in range(0, hidden.shape[0], chunk_size):
         args = (lm_head, hidden[start:start + chunk_size], targets[start:start + chunk_size],
                 temperature, with_entropy)
-        if recompute:
-            logp, ent = checkpoint(_chunk_logp, *args, use_reentrant=False)
-        else:
-            logp, ent = _chunk_logp(*args)
+        logp, ent = checkpoint(_chunk_logp, *args, use_reentrant=False) if recompute else _chunk_logp(*args)
         logps.append(logp)
         entropies.append(ent)
-    return torch.cat(logps).view(N, T), torch.cat(entropies).view(N, T)
+    return torch.cat(logps), torch.cat(entropies)
+
+
+def target_logprobs(model, input_ids: torch.Tensor, targets: torch.Tensor, *,
+                    position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                    chunk_size: int = 1024) -> torch.Tensor:
+    """Log-probs (M,) of the next-token `targets` (R, L) at the positions where targets != -100.
+
+    The SFT/distillation layout: `targets[r, t]` is the token position t predicts. Only those
+    positions go through the output layer (prompt tokens never reach the vocabulary projection).
+    For packed rows pass restarting `position_ids` and no attention mask.
+    """
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=False).last_hidden_state                  # (R, L, H)
+    keep = targets != -100                                                        # (R, L)
+    return chunked_logprobs(model.get_output_embeddings(), hidden[keep], targets[keep],
+                            chunk_size=chunk_size)[0]                             # (M,)

@@ -1,0 +1,1 @@
+"""SFT: best-fit sequence packing and the supervised fine-tuning loop."""

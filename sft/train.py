@@ -1,0 +1,178 @@
+"""`python run.py sft`: supervised fine-tuning on conversations, packed, top to bottom.
+
+    conversations -> tokenise (loss on assistant tokens, EOS included) -> best-fit packed rows
+    each epoch: shuffle the rows; each optimizer step takes batch_size x grad_accum rows:
+        for each micro-batch: loss = sum of -log p over its trained tokens / the step's token count
+                              backward (the micro-batch losses add up to the step's token mean)
+        clip grad norm, optimizer step, LR schedule (warmup, cosine)
+    metrics line (loss, lr, tokens, tokens/s), checkpoint every k steps, eval every k steps
+
+Cold start (R1 stage 1) is this loop on the built-in task's worked solutions (the default data);
+R1 stage 2 is this loop on rejection-sampled answers (a JSONL of prompt/completion pairs).
+"""
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from common.config import arg
+from common.optim import SCHEDULES, make_optimizer, make_scheduler
+from common.runlog import append_jsonl, plot_metrics, truncate_jsonl, write_config
+from lm import checkpoint as ckpt
+from lm import load_model
+from recipe.evaluate import evaluate
+from sft.loss import sft_loss
+from sft.packing import collate_padded, collate_rows, pack, tokenize
+from tasks import load_conversations, load_math
+
+PLOT_KEYS = ["loss", "lr", "grad_norm", "tokens_per_second", "eval/accuracy", "eval/format_rate"]
+
+
+@dataclass
+class SFTConfig:
+    model: str = arg("smollm2-135m", "model to fine-tune: built-in name, checkpoint folder or hub id")
+    dataset: str = arg("arithmetic", "conversations: arithmetic[:levels] (worked R1 solutions), a local "
+                       "file (messages / conversations / prompt+completion), or a hub id")
+    train_examples: int = arg(2000, "examples to use (the built-in task generates this many)")
+    max_length: int = arg(4096, "tokens per packed row (and the longest example kept)")
+    packing: bool = arg(True, "pack examples into full rows (--no-packing: one padded example per row)")
+    overflow: str = arg("truncate", "an example longer than --max-length: truncate or drop")
+    batch_size: int = arg(1, "rows per micro-batch (packed rows, or examples without packing)")
+    gradient_accumulation_steps: int = arg(8, "micro-batches per optimizer step")
+    learning_rate: float = arg(2e-5, "peak learning rate (AdamW)")
+    weight_decay: float = arg(0.0, "AdamW weight decay")
+    warmup_ratio: float = arg(0.05, "share of steps spent warming up linearly")
+    lr_scheduler: str = arg("cosine", "constant, linear or cosine decay after warmup")
+    max_grad_norm: float = arg(1.0, "clip the gradient norm to this (0: no clipping)")
+    num_epochs: float = arg(1.0, "passes over the data (when --max-steps is 0)")
+    max_steps: int = arg(0, "optimizer steps (0: from --num-epochs)")
+    gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass to save memory")
+    dtype: str = arg("auto", "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16")
+    device: str = arg("auto", "auto, cpu, cuda")
+    seed: int = arg(0, "seed for data order")
+    output_dir: str = arg("runs/sft", "where config, metrics, checkpoints and plots go")
+    save_every: int = arg(50, "checkpoint every k steps (and at the end)")
+    keep_checkpoints: int = arg(2, "how many recent checkpoints to keep")
+    eval_every: int = arg(0, "held-out eval every k steps (0: before and after only; -1: never)")
+    eval_dataset: str = arg("arithmetic", "math dataset for the held-out eval (its test split)")
+    eval_problems: int = arg(100, "held-out problems per eval")
+    eval_max_new_tokens: int = arg(192, "token budget per eval completion")
+    resume: str = arg("", "a run folder (or checkpoint folder) to continue exactly")
+
+    def __post_init__(self):
+        if self.overflow not in ("truncate", "drop"):
+            raise ValueError(f"--overflow {self.overflow!r}: choose truncate or drop")
+        if self.lr_scheduler not in SCHEDULES:
+            raise ValueError(f"--lr-scheduler {self.lr_scheduler!r}: choose one of {', '.join(SCHEDULES)}")
+        if min(self.batch_size, self.gradient_accumulation_steps, self.max_length, self.save_every) < 1:
+            raise ValueError("--batch-size, --gradient-accumulation-steps, --max-length and --save-every must be >= 1")
+
+
+def epoch_batches(units: list, config: SFTConfig, epoch: int) -> list[list]:
+    """The micro-batches of one epoch: rows (or examples) shuffled by (seed, epoch), then grouped."""
+    order = torch.randperm(len(units), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+    shuffled = [units[i] for i in order.tolist()]
+    return [shuffled[i:i + config.batch_size] for i in range(0, len(shuffled), config.batch_size)]
+
+
+def main(config: SFTConfig) -> dict:
+    resume_from = ckpt.find_resume(config.resume)
+    out = resume_from.parent if resume_from else Path(config.output_dir)
+    model, tokenizer = load_model(str(resume_from) if resume_from else config.model,
+                                  dtype=config.dtype, device=config.device)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # ---- data: tokenise, pack (or not), count what did not fit
+    rows = load_conversations(config.dataset, "train", config.train_examples, seed=config.seed)
+    examples, report = tokenize(tokenizer, [r["messages"] for r in rows], config.max_length, config.overflow)
+    if not examples:
+        raise ValueError(f"no example of {config.dataset} fits in --max-length {config.max_length}")
+    units = pack(examples, config.max_length) if config.packing else examples
+    collate = ((lambda b: collate_rows(b, tokenizer.pad_token_id)) if config.packing
+               else (lambda b: collate_padded(b, tokenizer.pad_token_id)))
+    per_epoch = math.ceil(len(units) / config.batch_size)
+    steps_per_epoch = max(1, per_epoch // config.gradient_accumulation_steps)
+    total_steps = config.max_steps or max(1, int(config.num_epochs * steps_per_epoch))
+    print(f"{report.kept} examples ({report.truncated} truncated, {report.dropped} dropped at "
+          f"--max-length {config.max_length}) in {len(units)} {'packed rows' if config.packing else 'rows'}; "
+          f"{total_steps} steps")
+
+    optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
+    scheduler = make_scheduler(optimizer, config.lr_scheduler, int(config.warmup_ratio * total_steps), total_steps)
+    start_step = 0
+    if resume_from:
+        state = ckpt.load_training_state(resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step = state["step"]
+        truncate_jsonl(out / "metrics.jsonl", start_step)
+    else:
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    write_config(out, config)
+    eval_rows = load_math(config.eval_dataset, "test", config.eval_problems) if config.eval_every >= 0 else []
+
+    def run_eval() -> dict:
+        metrics, _ = evaluate(model, tokenizer, eval_rows, max_new_tokens=config.eval_max_new_tokens, progress=False)
+        return {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+    def save(step: int, data_position: int):
+        ckpt.save_checkpoint(out, step, model, tokenizer, {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "data_position": data_position}, keep=config.keep_checkpoints)
+
+    first_eval = run_eval() if eval_rows and start_step == 0 else {}
+    if first_eval:
+        append_jsonl(out / "metrics.jsonl", {"step": 0, **first_eval,
+                                             "examples_truncated": report.truncated, "examples_dropped": report.dropped})
+    model.train()
+    position = start_step * config.gradient_accumulation_steps  # micro-batches consumed so far
+    last, epochs = {}, {}
+    bar = tqdm(range(start_step, total_steps), desc="sft", unit="step", initial=start_step, total=total_steps)
+    for step in bar:
+        t0 = time.perf_counter()
+        # ---- plumbing: this step's micro-batches (the data stream is endless and reproducible)
+        micro = []
+        for _ in range(config.gradient_accumulation_steps):
+            epoch, index = divmod(position, per_epoch)
+            if epoch not in epochs:
+                epochs.clear()
+                epochs[epoch] = epoch_batches(units, config, epoch)
+            micro.append(collate(epochs[epoch][index]))
+            position += 1
+        # ---- algorithm: token-weighted mean NLL over the whole step, accumulated
+        n_targets = sum(b.num_targets for b in micro)
+        loss_sum = 0.0
+        for batch in micro:
+            loss = sft_loss(model, batch, normalizer=max(1, n_targets))
+            loss.backward()
+            loss_sum += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf"))
+        if math.isfinite(loss_sum) and torch.isfinite(grad_norm):
+            optimizer.step()
+        else:
+            tqdm.write(f"step {step + 1}: non-finite loss or gradient, update skipped")
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        # ---- plumbing: metrics, checkpoints, eval
+        seconds = time.perf_counter() - t0
+        record = {"step": step + 1, "loss": loss_sum, "lr": scheduler.get_last_lr()[0],
+                  "grad_norm": grad_norm.item(), "tokens": n_targets,
+                  "tokens_input": sum(b.num_tokens for b in micro),
+                  "tokens_per_second": n_targets / seconds, "epoch": position / per_epoch, "time_step": seconds}
+        if (config.eval_every > 0 and (step + 1) % config.eval_every == 0) or (
+                config.eval_every == 0 and eval_rows and step + 1 == total_steps):
+            record.update(run_eval())
+        append_jsonl(out / "metrics.jsonl", record)
+        bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{record['tokens_per_second']:.0f}")
+        last = record
+        if (step + 1) % config.save_every == 0 or step + 1 == total_steps:
+            save(step + 1, position)
+            plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "SFT")
+    if first_eval and "eval/format_rate" in last:
+        print(f"held-out format rate {first_eval['eval/format_rate']:.3f} -> {last['eval/format_rate']:.3f}, "
+              f"accuracy {first_eval['eval/accuracy']:.3f} -> {last['eval/accuracy']:.3f}")
+    return last
