@@ -8,6 +8,7 @@ COMMANDS = {
     "chat": ("recipe.chat", "ChatConfig", "answer one question with a model and the R1 system prompt"),
     "grpo": ("grpo.train", "GRPOConfig", "train with GRPO (group relative policy optimization) on rewards"),
     "sft": ("sft.train", "SFTConfig", "supervised fine-tuning on conversations, packed (R1 cold start / stage 2)"),
+    "distill": ("distill.train", "DistillConfig", "distil a teacher's token distributions into a smaller student"),
     "eval": ("recipe.evaluate", "EvalConfig", "score models on a held-out split: accuracy, format, pass@k"),
 }
 

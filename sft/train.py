@@ -25,8 +25,8 @@ from lm import checkpoint as ckpt
 from lm import load_model
 from recipe.evaluate import evaluate
 from sft.loss import sft_loss
-from sft.packing import collate_padded, collate_rows, pack, tokenize
-from tasks import load_conversations, load_math
+from sft.data import prepare
+from tasks import load_math
 
 PLOT_KEYS = ["loss", "lr", "grad_norm", "tokens_per_second", "eval/accuracy", "eval/format_rate"]
 
@@ -71,13 +71,6 @@ class SFTConfig:
             raise ValueError("--batch-size, --gradient-accumulation-steps, --max-length and --save-every must be >= 1")
 
 
-def epoch_batches(units: list, config: SFTConfig, epoch: int) -> list[list]:
-    """The micro-batches of one epoch: rows (or examples) shuffled by (seed, epoch), then grouped."""
-    order = torch.randperm(len(units), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-    shuffled = [units[i] for i in order.tolist()]
-    return [shuffled[i:i + config.batch_size] for i in range(0, len(shuffled), config.batch_size)]
-
-
 def main(config: SFTConfig) -> dict:
     resume_from = ckpt.find_resume(config.resume)
     out = resume_from.parent if resume_from else Path(config.output_dir)
@@ -87,18 +80,12 @@ def main(config: SFTConfig) -> dict:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # ---- data: tokenise, pack (or not), count what did not fit
-    rows = load_conversations(config.dataset, "train", config.train_examples, seed=config.seed)
-    examples, report = tokenize(tokenizer, [r["messages"] for r in rows], config.max_length, config.overflow)
-    if not examples:
-        raise ValueError(f"no example of {config.dataset} fits in --max-length {config.max_length}")
-    units = pack(examples, config.max_length) if config.packing else examples
-    collate = ((lambda b: collate_rows(b, tokenizer.pad_token_id)) if config.packing
-               else (lambda b: collate_padded(b, tokenizer.pad_token_id)))
-    per_epoch = math.ceil(len(units) / config.batch_size)
-    steps_per_epoch = max(1, per_epoch // config.gradient_accumulation_steps)
+    stream, report, n_units = prepare(tokenizer, config.dataset, config.train_examples, config.max_length,
+                                      config.overflow, config.packing, config.batch_size, config.seed)
+    steps_per_epoch = max(1, stream.per_epoch // config.gradient_accumulation_steps)
     total_steps = config.max_steps or max(1, int(config.num_epochs * steps_per_epoch))
     print(f"{report.kept} examples ({report.truncated} truncated, {report.dropped} dropped at "
-          f"--max-length {config.max_length}) in {len(units)} {'packed rows' if config.packing else 'rows'}; "
+          f"--max-length {config.max_length}) in {n_units} {'packed rows' if config.packing else 'rows'}; "
           f"{total_steps} steps")
 
     optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
@@ -130,19 +117,13 @@ def main(config: SFTConfig) -> dict:
                                              "examples_truncated": report.truncated, "examples_dropped": report.dropped})
     model.train()
     position = start_step * config.gradient_accumulation_steps  # micro-batches consumed so far
-    last, epochs = {}, {}
+    last = {}
     bar = tqdm(range(start_step, total_steps), desc="sft", unit="step", initial=start_step, total=total_steps)
     for step in bar:
         t0 = time.perf_counter()
         # ---- plumbing: this step's micro-batches (the data stream is endless and reproducible)
-        micro = []
-        for _ in range(config.gradient_accumulation_steps):
-            epoch, index = divmod(position, per_epoch)
-            if epoch not in epochs:
-                epochs.clear()
-                epochs[epoch] = epoch_batches(units, config, epoch)
-            micro.append(collate(epochs[epoch][index]))
-            position += 1
+        micro = [stream[p] for p in range(position, position + config.gradient_accumulation_steps)]
+        position += config.gradient_accumulation_steps
         # ---- algorithm: token-weighted mean NLL over the whole step, accumulated
         n_targets = sum(b.num_targets for b in micro)
         loss_sum = 0.0
@@ -162,7 +143,7 @@ def main(config: SFTConfig) -> dict:
         record = {"step": step + 1, "loss": loss_sum, "lr": scheduler.get_last_lr()[0],
                   "grad_norm": grad_norm.item(), "tokens": n_targets,
                   "tokens_input": sum(b.num_tokens for b in micro),
-                  "tokens_per_second": n_targets / seconds, "epoch": position / per_epoch, "time_step": seconds}
+                  "tokens_per_second": n_targets / seconds, "epoch": position / stream.per_epoch, "time_step": seconds}
         if (config.eval_every > 0 and (step + 1) % config.eval_every == 0) or (
                 config.eval_every == 0 and eval_rows and step + 1 == total_steps):
             record.update(run_eval())

@@ -1,0 +1,209 @@
+"""`python run.py distill`: logit distillation from a teacher into a smaller student, top to bottom.
+
+    teacher (inference mode) and student share a tokenizer (checked at start-up)
+    the SFT data path: conversations -> packed rows -> micro-batches
+    each optimizer step, for each micro-batch:
+        student and teacher logits at the labelled positions only     (M, V) each
+        loss = alpha T^2 KD(teacher || student at T) + (1 - alpha) CE  (distill/loss.py),
+               averaged over the step's labelled tokens, backward
+    clip grad norm, optimizer step, LR schedule; metrics, checkpoints, eval as in SFT
+
+A student can be cut from the teacher by keeping some of its layers (--student-from-teacher-layers
+15 keeps 15 evenly spaced layers, first and last included; "0,2,4" keeps those), the usual way to
+start a smaller student; any other model with the same tokenizer works too (--student).
+"""
+import copy
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM
+
+from common.config import arg
+from common.optim import make_optimizer, make_scheduler
+from common.runlog import append_jsonl, plot_metrics, truncate_jsonl, write_config
+from distill.loss import KINDS, distillation_loss
+from lm import checkpoint as ckpt
+from lm import load_model
+from recipe.evaluate import evaluate
+from sft.data import prepare
+from tasks import load_math
+
+PLOT_KEYS = ["loss", "kd", "ce", "lr", "grad_norm", "eval/accuracy", "eval/format_rate"]
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = arg("smollm2-135m", "teacher model: built-in name, checkpoint folder or hub id")
+    student: str = arg("", "student model (empty: cut from the teacher, see --student-from-teacher-layers)")
+    student_from_teacher_layers: str = arg("", "keep these teacher layers for the student: a count "
+                                           "(evenly spaced) or a list like 0,2,4 (default: half)")
+    dataset: str = arg("arithmetic", "conversations, as for run.py sft")
+    train_examples: int = arg(2000, "examples to use")
+    max_length: int = arg(1024, "tokens per packed row")
+    packing: bool = arg(True, "pack examples into full rows")
+    temperature: float = arg(3.0, "softmax temperature on both sides of the KD term")
+    alpha: float = arg(0.7, "weight of the KD term; 1 - alpha goes to the cross-entropy with the labels")
+    kind: str = arg("forward_kl", "forward_kl, reverse_kl or jsd")
+    beta: float = arg(0.5, "JSD weight (kind jsd): 0 is forward KL, 1 reverse KL")
+    batch_size: int = arg(1, "rows per micro-batch")
+    gradient_accumulation_steps: int = arg(4, "micro-batches per optimizer step")
+    learning_rate: float = arg(1e-4, "peak learning rate (AdamW)")
+    weight_decay: float = arg(0.0, "AdamW weight decay")
+    warmup_ratio: float = arg(0.1, "share of steps spent warming up linearly")
+    lr_scheduler: str = arg("cosine", "constant, linear or cosine")
+    max_grad_norm: float = arg(1.0, "clip the gradient norm to this (0: no clipping)")
+    max_steps: int = arg(30, "optimizer steps")
+    dtype: str = arg("auto", "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16")
+    device: str = arg("auto", "auto, cpu, cuda")
+    seed: int = arg(0, "seed for data order")
+    output_dir: str = arg("runs/distill", "where config, metrics, checkpoints and plots go")
+    save_every: int = arg(50, "checkpoint every k steps (and at the end)")
+    keep_checkpoints: int = arg(2, "how many recent checkpoints to keep")
+    eval_every: int = arg(0, "held-out eval every k steps (0: before and after only; -1: never)")
+    eval_dataset: str = arg("arithmetic", "math dataset for the held-out eval")
+    eval_problems: int = arg(100, "held-out problems per eval")
+    eval_max_new_tokens: int = arg(192, "token budget per eval completion")
+    resume: str = arg("", "a run folder (or checkpoint folder) to continue exactly")
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"--kind {self.kind!r}: choose one of {', '.join(KINDS)}")
+        if not 0 <= self.alpha <= 1 or not 0 <= self.beta <= 1 or self.temperature <= 0:
+            raise ValueError("--alpha and --beta must lie in [0, 1] and --temperature be > 0")
+
+
+def layer_choice(spec: str, num_layers: int) -> list[int]:
+    """"" -> half the layers; "n" -> n evenly spaced (first and last kept); "0,2,4" -> those."""
+    if "," in spec:
+        layers = [int(x) for x in spec.split(",") if x.strip()]
+    else:
+        n = int(spec) if spec else max(1, num_layers // 2)
+        if not 1 <= n <= num_layers:
+            raise ValueError(f"--student-from-teacher-layers {spec}: the teacher has {num_layers} layers")
+        layers = sorted({round(i * (num_layers - 1) / max(1, n - 1)) for i in range(n)})
+    if not layers or len(set(layers)) != len(layers) or not all(0 <= i < num_layers for i in layers):
+        raise ValueError(f"--student-from-teacher-layers {spec}: need distinct layers in 0..{num_layers - 1}")
+    return layers
+
+
+def student_from_teacher(teacher, layers: list[int]):
+    """A copy of the teacher with only `layers` (renumbered 0..k-1); embeddings, norm and head kept."""
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = len(layers)
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i] for i in layers]
+    student = AutoModelForCausalLM.from_config(config).to(teacher.device, teacher.dtype)
+    state = {}
+    for key, value in teacher.state_dict().items():
+        match = re.match(r"(.*\.layers\.)(\d+)(\..*)", key)
+        if match is None:
+            state[key] = value
+        elif int(match.group(2)) in layers:
+            state[f"{match.group(1)}{layers.index(int(match.group(2)))}{match.group(3)}"] = value
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise RuntimeError(f"could not cut the student from the teacher: missing {missing}, unexpected {unexpected}")
+    student.tie_weights()
+    return student
+
+
+def check_same_tokenizer(teacher_tok, student_tok, teacher: str, student: str) -> None:
+    if teacher_tok.get_vocab() != student_tok.get_vocab():
+        raise ValueError(f"teacher {teacher} and student {student} have different vocabularies "
+                         f"({len(teacher_tok)} vs {len(student_tok)} tokens): logit distillation needs one tokenizer")
+
+
+def logits_at_targets(model, batch, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, V) logits at the positions that have a target, and the (M,) targets."""
+    hidden = model.base_model(input_ids=batch.input_ids.to(device), position_ids=batch.position_ids.to(device),
+                              attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
+                              use_cache=False).last_hidden_state                    # (R, L, H)
+    keep = batch.targets.to(device) != -100
+    return model.get_output_embeddings()(hidden[keep]), batch.targets.to(device)[keep]
+
+
+def main(config: DistillConfig) -> dict:
+    resume_from = ckpt.find_resume(config.resume)
+    out = resume_from.parent if resume_from else Path(config.output_dir)
+    teacher, tokenizer = load_model(config.teacher, dtype=config.dtype, device=config.device)
+    teacher.requires_grad_(False)
+    if resume_from or config.student:
+        student, student_tok = load_model(str(resume_from or config.student), dtype=config.dtype, device=config.device)
+        check_same_tokenizer(tokenizer, student_tok, config.teacher, str(resume_from or config.student))
+    else:
+        layers = layer_choice(config.student_from_teacher_layers, teacher.config.num_hidden_layers)
+        student = student_from_teacher(teacher, layers)
+        print(f"student: teacher layers {layers} ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M "
+              f"parameters, teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M)")
+    stream, report, n_units = prepare(tokenizer, config.dataset, config.train_examples, config.max_length,
+                                      "truncate", config.packing, config.batch_size, config.seed)
+    optimizer = make_optimizer(student, config.learning_rate, config.weight_decay)
+    scheduler = make_scheduler(optimizer, config.lr_scheduler, int(config.warmup_ratio * config.max_steps),
+                               config.max_steps)
+    start_step = 0
+    if resume_from:
+        state = ckpt.load_training_state(resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step = state["step"]
+        truncate_jsonl(out / "metrics.jsonl", start_step)
+    else:
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    write_config(out, config)
+    eval_rows = load_math(config.eval_dataset, "test", config.eval_problems) if config.eval_every >= 0 else []
+
+    def run_eval() -> dict:
+        metrics, _ = evaluate(student, tokenizer, eval_rows, max_new_tokens=config.eval_max_new_tokens, progress=False)
+        return {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+    if eval_rows and start_step == 0:
+        append_jsonl(out / "metrics.jsonl", {"step": 0, **run_eval()})
+    student.train()
+    device, accum, last = student.device, config.gradient_accumulation_steps, {}
+    bar = tqdm(range(start_step, config.max_steps), desc="distill", unit="step", initial=start_step,
+               total=config.max_steps)
+    for step in bar:
+        t0 = time.perf_counter()
+        micro = [stream[p] for p in range(step * accum, (step + 1) * accum)]
+        n_targets = max(1, sum(b.num_targets for b in micro))
+        totals = {"loss": 0.0, "kd": 0.0, "ce": 0.0}
+        for batch in micro:
+            # ---- algorithm: teacher and student distributions at the labelled positions
+            with torch.inference_mode():
+                teacher_logits, _ = logits_at_targets(teacher, batch, device)
+            student_logits, targets = logits_at_targets(student, batch, device)
+            loss, stats = distillation_loss(student_logits[None], teacher_logits.clone()[None], targets[None],
+                                            temperature=config.temperature, alpha=config.alpha, kind=config.kind,
+                                            beta=config.beta, normalizer=n_targets)
+            loss.backward()
+            totals["loss"] += loss.item()
+            totals["kd"] += stats["kd"]
+            totals["ce"] += stats["ce"]
+        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), config.max_grad_norm or float("inf"))
+        if math.isfinite(totals["loss"]) and torch.isfinite(grad_norm):
+            optimizer.step()
+        else:
+            tqdm.write(f"step {step + 1}: non-finite loss or gradient, update skipped")
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        # ---- plumbing: metrics, checkpoints, eval
+        seconds = time.perf_counter() - t0
+        record = {"step": step + 1, **totals, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm.item(),
+                  "tokens": n_targets, "tokens_per_second": n_targets / seconds, "time_step": seconds}
+        if (config.eval_every > 0 and (step + 1) % config.eval_every == 0) or (
+                config.eval_every == 0 and eval_rows and step + 1 == config.max_steps):
+            record.update(run_eval())
+        append_jsonl(out / "metrics.jsonl", record)
+        bar.set_postfix(loss=f"{totals['loss']:.3f}", kd=f"{totals['kd']:.3f}")
+        last = record
+        if (step + 1) % config.save_every == 0 or step + 1 == config.max_steps:
+            ckpt.save_checkpoint(out, step + 1, student, tokenizer, {
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "data_position": (step + 1) * accum}, keep=config.keep_checkpoints)
+            plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "distillation")
+    return last

@@ -1,0 +1,120 @@
+"""`run.py sft` and `run.py distill` on tiny models: outputs, exact resume, students cut from teachers."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import sft.train as sft_train
+from conftest import ROOT
+from distill.train import check_same_tokenizer, layer_choice, student_from_teacher
+from lm.loading import tiny_model, tiny_tokenizer
+from sft.train import SFTConfig
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def changed_share(path, reference) -> float:
+    trained = AutoModelForCausalLM.from_pretrained(path).state_dict()
+    ref = reference.state_dict()
+    same = [torch.equal(trained[k], ref[k]) for k in trained if k in ref]
+    return 1 - sum(same) / len(same)
+
+
+def test_run_py_sft_trains_packed_and_writes_outputs(tmp_path):
+    out = tmp_path / "sft"
+    proc = run("sft", "--model", "tiny", "--train-examples", "30", "--max-length", "1400", "--max-steps", "3",
+               "--gradient-accumulation-steps", "2", "--learning-rate", "1e-3", "--eval-problems", "3",
+               "--eval-max-new-tokens", "6", "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "30 examples (0 truncated, 0 dropped" in proc.stdout and " in 30 packed rows" not in proc.stdout
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3]
+    assert all(m["tokens"] > 0 and m["tokens_per_second"] > 0 for m in metrics[1:])
+    assert metrics[3]["loss"] < metrics[1]["loss"]            # lr 1e-3 on a tiny model: it learns
+    assert (out / "training_curves.png").exists() and (out / "config.json").exists()
+    assert changed_share(out / "checkpoint-3", tiny_model()) > 0.5
+
+
+def test_truncation_is_counted_in_the_log(tmp_path):
+    proc = run("sft", "--model", "tiny", "--train-examples", "30", "--max-length", "600", "--max-steps", "1",
+               "--overflow", "drop", "--eval-every", "-1", "--output-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "dropped at --max-length 600" in proc.stdout and "(0 truncated, 0 dropped" not in proc.stdout
+    nothing_fits = run("sft", "--model", "tiny", "--max-length", "50", "--output-dir", str(tmp_path))
+    assert nothing_fits.returncode == 2 and "no example fits in --max-length 50" in nothing_fits.stderr
+
+
+def test_sft_resume_after_crash_matches_uninterrupted(tmp_path, monkeypatch):
+    kw = dict(model="tiny", train_examples=24, max_length=700, max_steps=4, gradient_accumulation_steps=2,
+              learning_rate=1e-3, eval_every=-1, save_every=2)
+    sft_train.main(SFTConfig(output_dir=str(tmp_path / "full"), **kw))
+    expected = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    real, calls = sft_train.sft_loss, {"n": 0}
+
+    def crash(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # third step's first micro-batch
+            raise RuntimeError("power cut")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sft_train, "sft_loss", crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        sft_train.main(SFTConfig(output_dir=str(tmp_path / "cut"), **kw))
+    monkeypatch.setattr(sft_train, "sft_loss", real)
+    sft_train.main(SFTConfig(output_dir="ignored", resume=str(tmp_path / "cut"), **kw))
+    got = [json.loads(l) for l in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in got] == [1, 2, 3, 4]
+    for a, b in zip(expected, got):
+        for key in ("loss", "lr", "grad_norm", "tokens"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6), (a["step"], key)
+
+
+def test_layer_choice():
+    assert len(layer_choice("", 30)) == 15 and layer_choice("", 30)[0] == 0 and layer_choice("", 30)[-1] == 29
+    assert layer_choice("4", 10) == [0, 3, 6, 9]               # evenly spaced: round(i * 9 / 3)
+    assert layer_choice("0,2,4", 6) == [0, 2, 4]
+    with pytest.raises(ValueError, match="has 6 layers"):
+        layer_choice("7", 6)
+    with pytest.raises(ValueError, match="distinct layers"):
+        layer_choice("0,0", 6)
+
+
+def test_student_with_all_layers_equals_teacher_and_half_is_smaller():
+    tok = tiny_tokenizer()
+    teacher = tiny_model(tok, num_layers=4).eval()
+    ids = torch.tensor([tok("What is 2 + 2?").input_ids])
+    full = student_from_teacher(teacher, [0, 1, 2, 3]).eval()
+    assert torch.allclose(full(ids).logits, teacher(ids).logits, atol=1e-6)
+    half = student_from_teacher(teacher, [0, 3]).eval()
+    assert half.config.num_hidden_layers == 2
+    assert torch.equal(half.model.layers[1].mlp.up_proj.weight, teacher.model.layers[3].mlp.up_proj.weight)
+
+
+def test_different_vocabularies_are_refused():
+    from transformers import PreTrainedTokenizerFast
+    a = tiny_tokenizer()
+    b = tiny_tokenizer()
+    b.add_tokens(["<extra>"])
+    with pytest.raises(ValueError, match="different vocabularies"):
+        check_same_tokenizer(a, b, "t", "s")
+    check_same_tokenizer(a, tiny_tokenizer(), "t", "s")
+
+
+def test_run_py_distill_trains_a_half_student(tmp_path):
+    out = tmp_path / "distill"
+    teacher_dir = tmp_path / "teacher"
+    tiny_model(tiny_tokenizer(), num_layers=4).save_pretrained(teacher_dir)
+    tiny_tokenizer().save_pretrained(teacher_dir)
+    proc = run("distill", "--teacher", str(teacher_dir), "--train-examples", "20", "--max-steps", "2",
+               "--eval-every", "-1", "--learning-rate", "1e-3", "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "student: teacher layers [0, 3]" in proc.stdout
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2] and all(m["kd"] >= 0 for m in metrics)
+    student = AutoModelForCausalLM.from_pretrained(out / "checkpoint-2")
+    assert student.config.num_hidden_layers == 2
