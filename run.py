@@ -9,6 +9,7 @@ COMMANDS = {
     "grpo": ("grpo.train", "GRPOConfig", "train with GRPO (group relative policy optimization) on rewards"),
     "sft": ("sft.train", "SFTConfig", "supervised fine-tuning on conversations, packed (R1 cold start / stage 2)"),
     "distill": ("distill.train", "DistillConfig", "distil a teacher's token distributions into a smaller student"),
+    "sample": ("recipe.sample", "SampleConfig", "sample and score completions; --keep best: rejection sampling"),
     "eval": ("recipe.evaluate", "EvalConfig", "score models on a held-out split: accuracy, format, pass@k"),
 }
 

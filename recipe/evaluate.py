@@ -58,21 +58,19 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def evaluate(model, tokenizer, rows: list[dict], *, samples_per_problem: int = 1, temperature: float = 0.0,
-             top_p: float = 1.0, max_new_tokens: int = 256, batch_size: int = 32, seed: int = 0,
-             progress: bool = True) -> tuple[dict, list[dict]]:
-    """(metrics, sample records) for one model on `rows` (each with `problem` and `solution`)."""
-    specs = build_rewards(EVAL_REWARDS)
+def generate_and_score(model, tokenizer, rows: list[dict], specs, *, samples_per_problem: int = 1,
+                       temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 256,
+                       batch_size: int = 32, seed: int = 0, progress: bool = True, desc: str = "sample") -> list[dict]:
+    """One record per row: its completions, their lengths, truncation, each reward and the weighted score.
+    Prompts are batched by length (less padding); records come back in the rows' order."""
     n = samples_per_problem
     generator = torch.Generator(device=model.device).manual_seed(seed)
     prompts = [encode_prompt(tokenizer, row["problem"]) for row in rows]
-    order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))  # similar lengths, less padding
+    order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
     records = [None] * len(rows)
-    start = time.perf_counter()
     was_training = model.training
     model.eval()
-    bar = tqdm(range(0, len(rows), batch_size), desc="eval", unit="batch", disable=not progress, leave=False)
-    for b in bar:
+    for b in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
         idx = order[b:b + batch_size]
         out = sample(model, [prompts[i] for i in idx], group_size=n, max_new_tokens=max_new_tokens,
                      temperature=temperature, top_p=top_p, eos_token_id=tokenizer.eos_token_id,
@@ -80,17 +78,27 @@ def evaluate(model, tokenizer, rows: list[dict], *, samples_per_problem: int = 1
         lengths = out.completion_mask.sum(-1).tolist()
         texts = [tokenizer.decode(ids[:length], skip_special_tokens=True)
                  for ids, length in zip(out.completion_ids.tolist(), lengths)]
-        columns = {"solution": [rows[i]["solution"] for i in idx for _ in range(n)],
-                   "problem": [rows[i]["problem"] for i in idx for _ in range(n)]}
-        per_reward, _ = score(specs, texts, columns)
+        columns = {k: [rows[i][k] for i in idx for _ in range(n)] for k in ("problem", "solution")}
+        per_reward, total = score(specs, texts, columns)
         for j, i in enumerate(idx):
             s = slice(j * n, (j + 1) * n)
             records[i] = {"problem": rows[i]["problem"], "solution": rows[i]["solution"],
-                          "completions": texts[s], "lengths": lengths[s],
-                          "truncated": out.truncated[s].tolist(),
-                          **{name: values[s] for name, values in per_reward.items()}}
+                          "completions": texts[s], "lengths": lengths[s], "truncated": out.truncated[s].tolist(),
+                          **{name: values[s] for name, values in per_reward.items()}, "score": total[s]}
     model.train(was_training)
-    return summarize(records, n, time.perf_counter() - start), records
+    return records
+
+
+def evaluate(model, tokenizer, rows: list[dict], *, samples_per_problem: int = 1, temperature: float = 0.0,
+             top_p: float = 1.0, max_new_tokens: int = 256, batch_size: int = 32, seed: int = 0,
+             progress: bool = True) -> tuple[dict, list[dict]]:
+    """(metrics, sample records) for one model on `rows` (each with `problem` and `solution`)."""
+    start = time.perf_counter()
+    records = generate_and_score(model, tokenizer, rows, build_rewards(EVAL_REWARDS),
+                                 samples_per_problem=samples_per_problem, temperature=temperature, top_p=top_p,
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                                 progress=progress, desc="eval")
+    return summarize(records, samples_per_problem, time.perf_counter() - start), records
 
 
 def summarize(records: list[dict], n: int, seconds: float) -> dict:
