@@ -10,6 +10,7 @@ COMMANDS = {
     "sft": ("sft.train", "SFTConfig", "supervised fine-tuning on conversations, packed (R1 cold start / stage 2)"),
     "distill": ("distill.train", "DistillConfig", "distil a teacher's token distributions into a smaller student"),
     "sample": ("recipe.sample", "SampleConfig", "sample and score completions; --keep best: rejection sampling"),
+    "pipeline": ("recipe.pipeline", "PipelineConfig", "the R1 recipe end to end: every stage, then report.md"),
     "eval": ("recipe.evaluate", "EvalConfig", "score models on a held-out split: accuracy, format, pass@k"),
 }
 
@@ -42,6 +43,11 @@ def main(argv: list[str]) -> int:
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"error: run.py {name}: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # a run that stopped itself (non-finite losses, a failed stage): say why
+        if os.environ.get("R1_DEBUG"):
+            raise
+        print(f"error: run.py {name}: {e} (R1_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\nrun.py {name}: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,50 @@
+"""`run.py pipeline --quick` on the tiny model: every stage runs, feeds the next, and --resume skips."""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+from recipe.coldstart import refine, verdict
+
+STAGES = ["1-r1-zero", "2-cold-start", "3-sft1", "4-grpo2", "5-rejection", "6-sft2", "7-distill", "8-eval"]
+
+
+def pipeline(out, *extra):
+    return subprocess.run([sys.executable, "run.py", "pipeline", "--model", "tiny", "--quick",
+                           "--rejection-min-score", "-10", "--output-dir", str(out), *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
+    proc = pipeline(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stage in STAGES:
+        assert (tmp_path / stage / "stage.json").exists(), stage
+    report = (tmp_path / "report.md").read_text()
+    for row in ("| 0-base |", "| 3-sft1 |", "| 7-distill |"):
+        assert row in report
+    counts = json.loads((tmp_path / "2-cold-start" / "counts.json").read_text())
+    assert counts["worked"]["kept"] == 12          # the built-in worked solutions all pass the filters
+    # stage 3 trained on stage 2's file; stage 7's student has half of stage 6's teacher's layers
+    assert json.loads((tmp_path / "3-sft1" / "config.json").read_text())["dataset"].endswith("cold_start.jsonl")
+    assert json.loads((tmp_path / "7-distill" / "config.json").read_text())["teacher"].startswith(str(tmp_path / "6-sft2"))
+
+    (tmp_path / "8-eval" / "stage.json").unlink()
+    again = pipeline(tmp_path, "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done before, skipped") == 7 and "== stage 8-eval" in again.stdout
+
+
+def test_failing_stage_is_named(tmp_path):
+    proc = pipeline(tmp_path, "--rejection-min-score", "100")
+    assert proc.returncode != 0
+    assert "pipeline stage 5-rejection failed" in proc.stderr and "lower --rejection-min-score" in proc.stderr
+
+
+def test_refinement_and_filters_by_hand():
+    raw = "Let me add 2 and 3. That is 5. So the answer is \\boxed{5}"
+    assert refine(raw) == "<think>\nLet me add 2 and 3. That is 5. So the answer is\n</think>\n<answer>5</answer>"
+    assert refine("no answer here") is None
+    assert verdict(refine(raw), "\\boxed{5}") == "kept"
+    assert verdict(refine(raw), "\\boxed{6}") == "wrong_answer"
+    assert verdict("5", "\\boxed{5}") == "bad_format"
