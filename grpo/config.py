@@ -34,6 +34,8 @@ class GRPOConfig:
     epsilon_high: float | None = arg(None, "clip range above (DAPO clip-higher, e.g. 0.28)")
     importance_sampling_level: str = arg("token", "token (GRPO) or sequence (GSPO) importance ratios")
     num_iterations: int = arg(1, "updates per sampled batch, mu (>1 computes old log-probs)")
+    skip_zero_advantage: bool = arg(True, "with beta 0, leave completions whose advantage is 0 out of the "
+                                    "forward/backward (exact: they add nothing to the loss or gradient)")
     # optimisation
     learning_rate: float = arg(2e-6, "peak learning rate (AdamW)")
     weight_decay: float = arg(0.0, "AdamW weight decay")
@@ -41,6 +43,7 @@ class GRPOConfig:
     lr_scheduler: str = arg("constant", "constant, linear or cosine decay after warmup")
     max_grad_norm: float = arg(1.0, "clip the gradient norm to this (0: no clipping)")
     max_steps: int = arg(50, "sampling steps to train for")
+    max_minutes: float = arg(0.0, "stop (with a checkpoint) after the step that passes this wall-clock budget; 0: none")
     micro_batch_size: int = arg(8, "sequences per forward/backward (gradient accumulation)")
     gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass to save memory")
     logprob_chunk_size: int = arg(1024, "token positions per chunk of the output layer")

@@ -106,7 +106,7 @@ def main(config: GRPOConfig) -> dict:
     first_eval = run_eval(start_step) if eval_rows and start_step == 0 else {}
     if first_eval:
         append_jsonl(out / "metrics.jsonl", {"step": 0, **first_eval})
-    bad_steps, last = 0, {}
+    bad_steps, last, started = 0, {}, time.perf_counter()
     bar = tqdm(range(start_step, config.max_steps), desc="grpo", unit="step",
                initial=start_step, total=config.max_steps)
     for step in bar:
@@ -135,15 +135,22 @@ def main(config: GRPOConfig) -> dict:
         if config.mask_truncated_completions:
             mask = mask * (~s.truncated).to(mask.dtype)[:, None]
 
-        # ---- algorithm: reference and old log-probs, only when they are needed
+        # ---- algorithm: which completions the update needs. With beta = 0, one whose advantage is
+        # 0 adds exactly nothing to the loss or its gradient (-min(w * 0, clip(w) * 0) = 0): skip it.
+        # The normaliser below still counts every completion, so the loss is unchanged.
         N = len(texts)
-        micro = [slice(i, i + config.micro_batch_size) for i in range(0, N, config.micro_batch_size)]
-        logp_args = lambda m, sl: token_logprobs(m, s.prompt_ids[sl], s.prompt_mask[sl], s.completion_ids[sl],
-                                                 s.completion_mask[sl], temperature=config.temperature,
-                                                 chunk_size=config.logprob_chunk_size)[0]
+        trained = torch.arange(N)
+        if config.beta == 0 and config.skip_zero_advantage:
+            trained = trained[adv.cpu() != 0]
+        micro = [trained[i:i + config.micro_batch_size] for i in range(0, len(trained), config.micro_batch_size)]
+        logps_of = lambda m, idx, **kw: token_logprobs(
+            m, s.prompt_ids[idx], s.prompt_mask[idx], s.completion_ids[idx], s.completion_mask[idx],
+            temperature=config.temperature, chunk_size=config.logprob_chunk_size, **kw)
+
+        # ---- algorithm: reference and old log-probs, only when they are needed
         with torch.no_grad():
-            ref_logp = torch.cat([logp_args(ref_model, sl) for sl in micro]) if ref_model is not None else None
-            old_logp = torch.cat([logp_args(model, sl) for sl in micro]) if config.num_iterations > 1 else None
+            ref_logp = [logps_of(ref_model, idx)[0] for idx in micro] if ref_model is not None else None
+            old_logp = [logps_of(model, idx)[0] for idx in micro] if config.num_iterations > 1 else None
         t_train = time.perf_counter()
         normalizer = {"grpo": N, "dr_grpo": N * config.max_completion_length,
                       "dapo": mask.sum().clamp(min=1).item()}[config.loss_type]
@@ -151,13 +158,11 @@ def main(config: GRPOConfig) -> dict:
         # ---- algorithm: num_iterations updates, each accumulated over micro-batches
         for _ in range(config.num_iterations):
             step_loss, stats_sum, entropy_sum, finite = 0.0, {}, 0.0, True
-            for sl in micro:
-                logp, entropy = token_logprobs(model, s.prompt_ids[sl], s.prompt_mask[sl], s.completion_ids[sl],
-                                               s.completion_mask[sl], temperature=config.temperature,
-                                               chunk_size=config.logprob_chunk_size, with_entropy=True)
+            for j, idx in enumerate(micro):
+                logp, entropy = logps_of(model, idx, with_entropy=True)                  # (n, T)
                 loss, stats = grpo_loss(
-                    logp, old_logp[sl] if old_logp is not None else logp.detach(),
-                    ref_logp[sl] if ref_logp is not None else None, adv[sl], mask[sl],
+                    logp, old_logp[j] if old_logp is not None else logp.detach(),
+                    ref_logp[j] if ref_logp is not None else None, adv[idx], mask[idx],
                     epsilon=config.epsilon, epsilon_high=config.epsilon_high, beta=config.beta,
                     loss_type=config.loss_type, max_completion_length=config.max_completion_length,
                     normalizer=normalizer, importance_sampling_level=config.importance_sampling_level)
@@ -166,10 +171,12 @@ def main(config: GRPOConfig) -> dict:
                     break
                 loss.backward()
                 step_loss += loss.item()
-                share = (sl.stop if sl.stop < N else N) - sl.start
                 for k, v in stats.items():
-                    stats_sum[k] = stats_sum.get(k, 0.0) + v * share / N
-                entropy_sum += (entropy.detach() * s.completion_mask[sl]).sum().item()
+                    stats_sum[k] = stats_sum.get(k, 0.0) + v * len(idx) / len(trained)
+                entropy_sum += (entropy.detach() * s.completion_mask[idx]).sum().item()
+            for p in model.parameters():  # nothing trained: zero gradients, so the step equals the unskipped one
+                if p.grad is None and p.requires_grad:
+                    p.grad = torch.zeros_like(p)
             grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf"))
                          if finite else torch.tensor(float("nan")))
             if finite and torch.isfinite(grad_norm):
@@ -187,7 +194,8 @@ def main(config: GRPOConfig) -> dict:
                   "reward": rewards.mean().item(), "reward_std": rewards.view(-1, G).std(1).mean().item(),
                   **{f"reward/{k}": sum(v) / len(v) for k, v in per_reward.items()},
                   **{k: v for k, v in stats_sum.items()},
-                  "entropy": entropy_sum / max(1, s.completion_mask.sum().item()),
+                  "entropy": (entropy_sum / s.completion_mask[trained].sum().item()) if len(trained) else float("nan"),
+                  "trained_frac": len(trained) / N,
                   "grad_norm": grad_norm.item(),
                   "completion_len": lengths.float().mean().item(),
                   "truncated_frac": s.truncated.float().mean().item(),
@@ -212,9 +220,13 @@ def main(config: GRPOConfig) -> dict:
                                f"step {step + 1}. Last good checkpoint: {latest or 'none saved yet'}")
         if record["skipped"]:
             tqdm.write(f"step {step + 1}: non-finite loss or gradient, update skipped")
-        if (step + 1) % config.save_every == 0 or step + 1 == config.max_steps:
+        out_of_time = config.max_minutes > 0 and time.perf_counter() - started > 60 * config.max_minutes
+        if (step + 1) % config.save_every == 0 or step + 1 == config.max_steps or out_of_time:
             save(step + 1)
             plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "GRPO")
+        if out_of_time:
+            tqdm.write(f"stopping after step {step + 1}: --max-minutes {config.max_minutes} reached")
+            break
     if first_eval:
         print(f"held-out accuracy {first_eval['eval/accuracy']:.3f} -> {last.get('eval/accuracy', float('nan')):.3f}, "
               f"format {first_eval['eval/format_rate']:.3f} -> {last.get('eval/format_rate', float('nan')):.3f}")

@@ -63,8 +63,8 @@ def language_consistency_reward(completions: list, problem: list | None = None, 
     with the language approximated by its Unicode script. The target is the question's most common
     script (the `problem` or `prompt` column); without a question, the completion's own most common
     script. Text inside <think>/<answer> is scored when present, else the whole completion. Digits
-    and symbols are not words. No words at all gives 0.0 (nothing was written in any language);
-    1.0 when every word is in the target script.
+    and symbols are not words. 1.0 when every word is in the target script, and when there are no
+    words at all (pure math such as `2+3=5` mixes no language; scoring it 0 would reward verbosity).
     """
     questions = column({"problem": problem or columns.get("prompt")}, "problem", len(completions))
     rewards = []
@@ -74,7 +74,7 @@ def language_consistency_reward(completions: list, problem: list | None = None, 
         words = script_words(" ".join(inside) if inside else text)
         total = sum(words.values())
         if total == 0:
-            rewards.append(0.0)
+            rewards.append(1.0)
             continue
         target_counts = script_words(question) if isinstance(question, str) else Counter()
         target = (target_counts or words).most_common(1)[0][0]

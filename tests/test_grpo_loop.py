@@ -123,3 +123,16 @@ def test_bad_grpo_flags_fail_at_start_with_one_line(tmp_path):
         proc = subprocess.run([sys.executable, "run.py", "grpo", *args], cwd=ROOT, capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_skipping_zero_advantage_completions_is_exact(tmp_path):
+    # level-1 problems are a + b or a - b: the + groups get a constant reward, so advantage 0
+    kw = dict(dataset="arithmetic:1", prompts_per_step=4, max_steps=2, micro_batch_size=4,
+              reward_funcs="tests.toy_rewards:vowel_share_if_minus", reward_weights="1", save_every=2)
+    skipped = train.main(tiny_config(tmp_path / "skip", **kw))
+    full = train.main(tiny_config(tmp_path / "full", skip_zero_advantage=False, **kw))
+    assert 0 < skipped["trained_frac"] < 1 and full["trained_frac"] == 1
+    assert skipped["loss"] == pytest.approx(full["loss"], abs=1e-7)
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "skip" / "checkpoint-2").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "checkpoint-2").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

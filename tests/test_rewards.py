@@ -119,9 +119,9 @@ def test_language_consistency_share_of_question_script():
          "<think>Сначала add числа</think><answer>5</answer>",  # 2 Cyrillic of 3 -> 2/3
          "<think>first add</think>",                           # Latin question, Latin words -> 1.0
          "<think>我们先加 then</think>",                        # 4 Han characters + 1 Latin word -> 4/5
-         "<think>123 + 456</think>"],                          # no words -> 0.0
+         "<think>123 + 456</think>"],                          # no words: nothing mixed in -> 1.0
         problem=["Сколько будет 2+3?", "Сколько будет 2+3?", "What is 2+3?", "二加三是多少?", "What?"])
-    assert out == pytest.approx([1.0, 2 / 3, 1.0, 0.8, 0.0], abs=1e-12)
+    assert out == pytest.approx([1.0, 2 / 3, 1.0, 0.8, 1.0], abs=1e-12)
 
 
 # ---------------------------------------------------------------- soft overlong

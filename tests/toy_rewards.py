@@ -5,3 +5,9 @@ Used as --reward-funcs tests.toy_rewards:vowel_share."""
 def vowel_share(completions, **columns):
     """Share of characters that are vowels (a, e, i, o, u)."""
     return [sum(ch in "aeiou" for ch in c.lower()) / max(1, len(c)) for c in completions]
+
+
+def vowel_share_if_minus(completions, problem=None, **columns):
+    """vowel_share for subtraction problems, a constant 1.0 otherwise (groups with no signal)."""
+    shares = vowel_share(completions)
+    return [share if "-" in p else 1.0 for share, p in zip(shares, problem)]
