@@ -47,7 +47,8 @@ class DistillConfig:
     max_length: int = arg(1024, "tokens per packed row")
     packing: bool = arg(True, "pack examples into full rows")
     temperature: float = arg(3.0, "softmax temperature on both sides of the KD term")
-    alpha: float = arg(0.7, "weight of the KD term; 1 - alpha goes to the cross-entropy with the labels")
+    alpha: float = arg(0.7, "weight of the KD term; 1 - alpha goes to the cross-entropy with the labels "
+                       "(0: plain SFT of the student, the baseline to compare with)")
     kind: str = arg("forward_kl", "forward_kl, reverse_kl or jsd")
     beta: float = arg(0.5, "JSD weight (kind jsd): 0 is forward KL, 1 reverse KL")
     batch_size: int = arg(1, "rows per micro-batch")
@@ -174,10 +175,13 @@ def main(config: DistillConfig) -> dict:
         totals = {"loss": 0.0, "kd": 0.0, "ce": 0.0}
         for batch in micro:
             # ---- algorithm: teacher and student distributions at the labelled positions
-            with torch.inference_mode():
-                teacher_logits, _ = logits_at_targets(teacher, batch, device)
             student_logits, targets = logits_at_targets(student, batch, device)
-            loss, stats = distillation_loss(student_logits[None], teacher_logits.clone()[None], targets[None],
+            if config.alpha > 0:
+                with torch.inference_mode():
+                    teacher_logits = logits_at_targets(teacher, batch, device)[0].clone()
+            else:  # alpha 0 is plain SFT of the student: the KD term has weight 0, no teacher pass
+                teacher_logits = student_logits.detach()
+            loss, stats = distillation_loss(student_logits[None], teacher_logits[None], targets[None],
                                             temperature=config.temperature, alpha=config.alpha, kind=config.kind,
                                             beta=config.beta, normalizer=n_targets)
             loss.backward()

@@ -202,8 +202,10 @@ def main(config: GRPOConfig) -> dict:
                   "skipped": int(not finite or not math.isfinite(grad_norm.item())),
                   "time_sampling": t_sample, "time_training": t_end - t_train, "time_step": t_end - t0,
                   **{f"reward_events/{k}": v for k, v in events.take().items()}}
+        out_of_time = config.max_minutes > 0 and time.perf_counter() - started > 60 * config.max_minutes
+        final = step + 1 == config.max_steps or out_of_time
         if config.eval_every > 0 and (step + 1) % config.eval_every == 0 or (
-                config.eval_every == 0 and eval_rows and step + 1 == config.max_steps):
+                config.eval_every == 0 and eval_rows and final):
             record.update(run_eval(step + 1))
         append_jsonl(out / "metrics.jsonl", record)
         for i in range(min(config.log_samples, N)):
@@ -220,8 +222,7 @@ def main(config: GRPOConfig) -> dict:
                                f"step {step + 1}. Last good checkpoint: {latest or 'none saved yet'}")
         if record["skipped"]:
             tqdm.write(f"step {step + 1}: non-finite loss or gradient, update skipped")
-        out_of_time = config.max_minutes > 0 and time.perf_counter() - started > 60 * config.max_minutes
-        if (step + 1) % config.save_every == 0 or step + 1 == config.max_steps or out_of_time:
+        if (step + 1) % config.save_every == 0 or final:
             save(step + 1)
             plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "GRPO")
         if out_of_time:
