@@ -12,6 +12,19 @@ def write_config(output_dir: str | Path, config) -> None:
     (out / "config.json").write_text(json.dumps(values, indent=2, default=str) + "\n")
 
 
+def open_run(output_dir: str | Path, config, resume_step: int | None,
+             logs: tuple[str, ...] = ("metrics.jsonl",)) -> None:
+    """Start a run's folder: a fresh run clears its logs; a resumed one drops the lines after
+    `resume_step` (they are written again). Writes config.json."""
+    out = Path(output_dir)
+    for name in logs:
+        if resume_step is None:
+            (out / name).unlink(missing_ok=True)
+        else:
+            truncate_jsonl(out / name, resume_step)
+    write_config(out, config)
+
+
 def append_jsonl(path: str | Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record, default=_plain) + "\n")

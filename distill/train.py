@@ -25,11 +25,11 @@ from transformers import AutoModelForCausalLM
 
 from common.config import arg
 from common.optim import make_optimizer, make_scheduler
-from common.runlog import append_jsonl, plot_metrics, truncate_jsonl, write_config
+from common.runlog import append_jsonl, open_run, plot_metrics
 from distill.loss import KINDS, distillation_loss
 from lm import checkpoint as ckpt
 from lm import load_model
-from recipe.evaluate import evaluate
+from recipe.evaluate import eval_metrics
 from sft.data import prepare
 from tasks import load_math
 
@@ -146,21 +146,10 @@ def main(config: DistillConfig) -> dict:
     optimizer = make_optimizer(student, config.learning_rate, config.weight_decay)
     scheduler = make_scheduler(optimizer, config.lr_scheduler, int(config.warmup_ratio * config.max_steps),
                                config.max_steps)
-    start_step = 0
-    if resume_from:
-        state = ckpt.load_training_state(resume_from)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_step = state["step"]
-        truncate_jsonl(out / "metrics.jsonl", start_step)
-    else:
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    write_config(out, config)
+    start_step = ckpt.restore_training(resume_from, optimizer, scheduler)["step"] if resume_from else 0
+    open_run(out, config, start_step if resume_from else None)
     eval_rows = load_math(config.eval_dataset, "test", config.eval_problems) if config.eval_every >= 0 else []
-
-    def run_eval() -> dict:
-        metrics, _ = evaluate(student, tokenizer, eval_rows, max_new_tokens=config.eval_max_new_tokens, progress=False)
-        return {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+    run_eval = lambda: eval_metrics(student, tokenizer, eval_rows, config.eval_max_new_tokens)
 
     if eval_rows and start_step == 0:
         append_jsonl(out / "metrics.jsonl", {"step": 0, **run_eval()})

@@ -28,14 +28,14 @@ import torch
 from tqdm import tqdm
 
 from common.optim import make_optimizer, make_scheduler
-from common.runlog import append_jsonl, plot_metrics, truncate_jsonl, write_config
+from common.runlog import append_jsonl, open_run, plot_metrics
 from grpo.advantages import group_advantages
 from grpo.config import GRPOConfig  # noqa: F401  (run.py finds it here)
 from grpo.loss import grpo_loss
 from lm import checkpoint as ckpt
 from lm import load_model, sample, token_logprobs
 from lm.chat import encode_prompt
-from recipe.evaluate import evaluate
+from recipe.evaluate import eval_metrics
 from rewards import build_rewards, events, score
 from tasks import load_math
 
@@ -79,18 +79,11 @@ def main(config: GRPOConfig) -> dict:
 
     start_step = 0
     if resume_from:
-        state = ckpt.load_training_state(resume_from)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        state = ckpt.restore_training(resume_from, optimizer, scheduler)
         generator.set_state(state["sampling_rng"])
         start_step = state["step"]
-        truncate_jsonl(out / "metrics.jsonl", start_step)
-        truncate_jsonl(out / "samples.jsonl", start_step)
         print(f"resumed from {resume_from} at step {start_step}")
-    else:
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            (out / name).unlink(missing_ok=True)
-    write_config(out, config)
+    open_run(out, config, start_step if resume_from else None, logs=("metrics.jsonl", "samples.jsonl"))
 
     def save(step: int) -> Path:
         return ckpt.save_checkpoint(out, step, model, tokenizer, {
@@ -98,12 +91,8 @@ def main(config: GRPOConfig) -> dict:
             "sampling_rng": generator.get_state(), "data_position": step * config.prompts_per_step},
             keep=config.keep_checkpoints)
 
-    def run_eval(step: int) -> dict:
-        metrics, _ = evaluate(model, tokenizer, eval_rows, max_new_tokens=config.max_completion_length,
-                              seed=config.seed, progress=False)
-        return {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
-
-    first_eval = run_eval(start_step) if eval_rows and start_step == 0 else {}
+    run_eval = lambda: eval_metrics(model, tokenizer, eval_rows, config.max_completion_length, config.seed)
+    first_eval = run_eval() if eval_rows and start_step == 0 else {}
     if first_eval:
         append_jsonl(out / "metrics.jsonl", {"step": 0, **first_eval})
     bad_steps, last, started = 0, {}, time.perf_counter()
@@ -206,7 +195,7 @@ def main(config: GRPOConfig) -> dict:
         final = step + 1 == config.max_steps or out_of_time
         if config.eval_every > 0 and (step + 1) % config.eval_every == 0 or (
                 config.eval_every == 0 and eval_rows and final):
-            record.update(run_eval(step + 1))
+            record.update(run_eval())
         append_jsonl(out / "metrics.jsonl", record)
         for i in range(min(config.log_samples, N)):
             i_ = i * G  # one completion from each of the first prompts

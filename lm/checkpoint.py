@@ -92,3 +92,11 @@ def find_resume(resume: str) -> Path | None:
     if latest is None:
         raise FileNotFoundError(f"--resume {resume}: no complete checkpoint there")
     return latest
+
+
+def restore_training(checkpoint_dir: str | Path, optimizer, scheduler) -> dict:
+    """Load the optimizer, scheduler and RNG states of a checkpoint; returns its training state."""
+    state = load_training_state(checkpoint_dir)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state

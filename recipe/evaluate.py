@@ -101,6 +101,12 @@ def evaluate(model, tokenizer, rows: list[dict], *, samples_per_problem: int = 1
     return summarize(records, samples_per_problem, time.perf_counter() - start), records
 
 
+def eval_metrics(model, tokenizer, rows: list[dict], max_new_tokens: int, seed: int = 0) -> dict:
+    """Greedy eval of `rows` as `eval/<metric>` numbers, for the training loops' metrics lines."""
+    metrics, _ = evaluate(model, tokenizer, rows, max_new_tokens=max_new_tokens, seed=seed, progress=False)
+    return {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
 def summarize(records: list[dict], n: int, seconds: float) -> dict:
     mean = lambda xs: sum(xs) / max(1, len(xs))
     per_problem_acc = [mean([float(a == 1.0) for a in r["accuracy"]]) for r in records]

@@ -96,7 +96,6 @@ def test_student_with_all_layers_equals_teacher_and_half_is_smaller():
 
 
 def test_different_vocabularies_are_refused():
-    from transformers import PreTrainedTokenizerFast
     a = tiny_tokenizer()
     b = tiny_tokenizer()
     b.add_tokens(["<extra>"])
