@@ -30,48 +30,33 @@ from distill.loss import KINDS, distillation_loss
 from lm import checkpoint as ckpt
 from lm import load_model
 from recipe.evaluate import eval_metrics
-from sft.data import prepare
+from sft.data import PackedTrainingFlags, prepare
 from tasks import load_math
 
 PLOT_KEYS = ["loss", "kd", "ce", "lr", "grad_norm", "eval/accuracy", "eval/format_rate"]
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(PackedTrainingFlags):
     teacher: str = arg("smollm2-135m", "teacher model: built-in name, checkpoint folder or hub id")
     student: str = arg("", "student model (empty: cut from the teacher, see --student-from-teacher-layers)")
     student_from_teacher_layers: str = arg("", "keep these teacher layers for the student: a count "
                                            "(evenly spaced) or a list like 0,2,4 (default: half)")
-    dataset: str = arg("arithmetic", "conversations, as for run.py sft")
-    train_examples: int = arg(2000, "examples to use")
-    max_length: int = arg(1024, "tokens per packed row")
-    packing: bool = arg(True, "pack examples into full rows")
     temperature: float = arg(3.0, "softmax temperature on both sides of the KD term")
     alpha: float = arg(0.7, "weight of the KD term; 1 - alpha goes to the cross-entropy with the labels "
                        "(0: plain SFT of the student, the baseline to compare with)")
     kind: str = arg("forward_kl", "forward_kl, reverse_kl or jsd")
     beta: float = arg(0.5, "JSD weight (kind jsd): 0 is forward KL, 1 reverse KL")
-    batch_size: int = arg(1, "rows per micro-batch")
+    # defaults that differ from SFT's
+    max_length: int = arg(1024, "tokens per packed row")
     gradient_accumulation_steps: int = arg(4, "micro-batches per optimizer step")
     learning_rate: float = arg(1e-4, "peak learning rate (AdamW)")
-    weight_decay: float = arg(0.0, "AdamW weight decay")
     warmup_ratio: float = arg(0.1, "share of steps spent warming up linearly")
-    lr_scheduler: str = arg("cosine", "constant, linear or cosine")
-    max_grad_norm: float = arg(1.0, "clip the gradient norm to this (0: no clipping)")
     max_steps: int = arg(30, "optimizer steps")
-    dtype: str = arg("auto", "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16")
-    device: str = arg("auto", "auto, cpu, cuda")
-    seed: int = arg(0, "seed for data order")
     output_dir: str = arg("runs/distill", "where config, metrics, checkpoints and plots go")
-    save_every: int = arg(50, "checkpoint every k steps (and at the end)")
-    keep_checkpoints: int = arg(2, "how many recent checkpoints to keep")
-    eval_every: int = arg(0, "held-out eval every k steps (0: before and after only; -1: never)")
-    eval_dataset: str = arg("arithmetic", "math dataset for the held-out eval")
-    eval_problems: int = arg(100, "held-out problems per eval")
-    eval_max_new_tokens: int = arg(192, "token budget per eval completion")
-    resume: str = arg("", "a run folder (or checkpoint folder) to continue exactly")
 
     def __post_init__(self):
+        super().__post_init__()
         if self.kind not in KINDS:
             raise ValueError(f"--kind {self.kind!r}: choose one of {', '.join(KINDS)}")
         if not 0 <= self.alpha <= 1 or not 0 <= self.beta <= 1 or self.temperature <= 0:

@@ -2,11 +2,51 @@
 examples -> packed rows (or single padded examples) -> an endless, reproducible stream of
 micro-batches (shuffled per epoch by seed)."""
 import math
+from dataclasses import dataclass
 
 import torch
 
+from common.config import arg
+from common.optim import SCHEDULES
+
 from sft.packing import Batch, TokenizeReport, collate_padded, collate_rows, pack, tokenize
 from tasks import DataError, load_conversations
+
+
+@dataclass
+class PackedTrainingFlags:
+    """Flags shared by the commands that train on the SFT data path (`run.py sft`, `run.py distill`);
+    each command's config inherits them and redeclares the defaults it wants different."""
+    dataset: str = arg("arithmetic", "conversations: arithmetic[:levels] (worked R1 solutions), a local "
+                       "file (messages / conversations / prompt+completion), or a hub id")
+    train_examples: int = arg(2000, "examples to use (the built-in task generates this many)")
+    max_length: int = arg(4096, "tokens per packed row (and the longest example kept)")
+    packing: bool = arg(True, "pack examples into full rows (--no-packing: one padded example per row)")
+    batch_size: int = arg(1, "rows per micro-batch (packed rows, or examples without packing)")
+    gradient_accumulation_steps: int = arg(8, "micro-batches per optimizer step")
+    learning_rate: float = arg(2e-5, "peak learning rate (AdamW)")
+    weight_decay: float = arg(0.0, "AdamW weight decay")
+    warmup_ratio: float = arg(0.05, "share of steps spent warming up linearly")
+    lr_scheduler: str = arg("cosine", "constant, linear or cosine decay after warmup")
+    max_grad_norm: float = arg(1.0, "clip the gradient norm to this (0: no clipping)")
+    max_steps: int = arg(0, "optimizer steps")
+    dtype: str = arg("auto", "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16")
+    device: str = arg("auto", "auto, cpu, cuda")
+    seed: int = arg(0, "seed for data order")
+    output_dir: str = arg("runs/sft", "where config, metrics, checkpoints and plots go")
+    save_every: int = arg(50, "checkpoint every k steps (and at the end)")
+    keep_checkpoints: int = arg(2, "how many recent checkpoints to keep")
+    eval_every: int = arg(0, "held-out eval every k steps (0: before and after only; -1: never)")
+    eval_dataset: str = arg("arithmetic", "math dataset for the held-out eval (its test split)")
+    eval_problems: int = arg(100, "held-out problems per eval")
+    eval_max_new_tokens: int = arg(192, "token budget per eval completion")
+    resume: str = arg("", "a run folder (or checkpoint folder) to continue exactly")
+
+    def __post_init__(self):
+        if self.lr_scheduler not in SCHEDULES:
+            raise ValueError(f"--lr-scheduler {self.lr_scheduler!r}: choose one of {', '.join(SCHEDULES)}")
+        if min(self.batch_size, self.gradient_accumulation_steps, self.max_length, self.save_every) < 1:
+            raise ValueError("--batch-size, --gradient-accumulation-steps, --max-length and --save-every must be >= 1")
 
 
 class MicroBatches:

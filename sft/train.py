@@ -19,56 +19,30 @@ import torch
 from tqdm import tqdm
 
 from common.config import arg
-from common.optim import SCHEDULES, make_optimizer, make_scheduler
+from common.optim import make_optimizer, make_scheduler
 from common.runlog import append_jsonl, open_run, plot_metrics
 from lm import checkpoint as ckpt
 from lm import load_model
 from recipe.evaluate import eval_metrics
 from sft.loss import sft_loss
-from sft.data import prepare
+from sft.data import PackedTrainingFlags, prepare
 from tasks import load_math
 
 PLOT_KEYS = ["loss", "lr", "grad_norm", "tokens_per_second", "eval/accuracy", "eval/format_rate"]
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(PackedTrainingFlags):
     model: str = arg("smollm2-135m", "model to fine-tune: built-in name, checkpoint folder or hub id")
-    dataset: str = arg("arithmetic", "conversations: arithmetic[:levels] (worked R1 solutions), a local "
-                       "file (messages / conversations / prompt+completion), or a hub id")
-    train_examples: int = arg(2000, "examples to use (the built-in task generates this many)")
-    max_length: int = arg(4096, "tokens per packed row (and the longest example kept)")
-    packing: bool = arg(True, "pack examples into full rows (--no-packing: one padded example per row)")
     overflow: str = arg("truncate", "an example longer than --max-length: truncate or drop")
-    batch_size: int = arg(1, "rows per micro-batch (packed rows, or examples without packing)")
-    gradient_accumulation_steps: int = arg(8, "micro-batches per optimizer step")
-    learning_rate: float = arg(2e-5, "peak learning rate (AdamW)")
-    weight_decay: float = arg(0.0, "AdamW weight decay")
-    warmup_ratio: float = arg(0.05, "share of steps spent warming up linearly")
-    lr_scheduler: str = arg("cosine", "constant, linear or cosine decay after warmup")
-    max_grad_norm: float = arg(1.0, "clip the gradient norm to this (0: no clipping)")
     num_epochs: float = arg(1.0, "passes over the data (when --max-steps is 0)")
     max_steps: int = arg(0, "optimizer steps (0: from --num-epochs)")
     gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass to save memory")
-    dtype: str = arg("auto", "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16")
-    device: str = arg("auto", "auto, cpu, cuda")
-    seed: int = arg(0, "seed for data order")
-    output_dir: str = arg("runs/sft", "where config, metrics, checkpoints and plots go")
-    save_every: int = arg(50, "checkpoint every k steps (and at the end)")
-    keep_checkpoints: int = arg(2, "how many recent checkpoints to keep")
-    eval_every: int = arg(0, "held-out eval every k steps (0: before and after only; -1: never)")
-    eval_dataset: str = arg("arithmetic", "math dataset for the held-out eval (its test split)")
-    eval_problems: int = arg(100, "held-out problems per eval")
-    eval_max_new_tokens: int = arg(192, "token budget per eval completion")
-    resume: str = arg("", "a run folder (or checkpoint folder) to continue exactly")
 
     def __post_init__(self):
+        super().__post_init__()
         if self.overflow not in ("truncate", "drop"):
             raise ValueError(f"--overflow {self.overflow!r}: choose truncate or drop")
-        if self.lr_scheduler not in SCHEDULES:
-            raise ValueError(f"--lr-scheduler {self.lr_scheduler!r}: choose one of {', '.join(SCHEDULES)}")
-        if min(self.batch_size, self.gradient_accumulation_steps, self.max_length, self.save_every) < 1:
-            raise ValueError("--batch-size, --gradient-accumulation-steps, --max-length and --save-every must be >= 1")
 
 
 def main(config: SFTConfig) -> dict:
