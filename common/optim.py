@@ -2,6 +2,7 @@
 import math
 
 import torch
+from tqdm import tqdm
 
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -32,3 +33,16 @@ def make_scheduler(optimizer, kind: str, warmup_steps: int, total_steps: int) ->
     lr_factor(0, kind, warmup_steps, total_steps)  # validates kind
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, kind, warmup_steps, total_steps))
+
+
+def clipped_step(model, optimizer, scheduler, loss: float, max_grad_norm: float, step: int) -> torch.Tensor:
+    """Clip the gradient norm, step the optimizer unless the loss or the gradient is not finite
+    (then the update is skipped and said), step the schedule, clear the gradients; returns the norm."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
+    if math.isfinite(loss) and torch.isfinite(grad_norm):
+        optimizer.step()
+    else:
+        tqdm.write(f"step {step}: non-finite loss or gradient, update skipped")
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm

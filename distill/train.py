@@ -13,7 +13,6 @@ A student can be cut from the teacher by keeping some of its layers (--student-f
 start a smaller student; any other model with the same tokenizer works too (--student).
 """
 import copy
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
 from common.config import arg
-from common.optim import make_optimizer, make_scheduler
+from common.optim import clipped_step, make_optimizer, make_scheduler
 from common.runlog import append_jsonl, open_run, plot_metrics
 from distill.loss import KINDS, distillation_loss
 from lm import checkpoint as ckpt
@@ -162,13 +161,7 @@ def main(config: DistillConfig) -> dict:
             totals["loss"] += loss.item()
             totals["kd"] += stats["kd"]
             totals["ce"] += stats["ce"]
-        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), config.max_grad_norm or float("inf"))
-        if math.isfinite(totals["loss"]) and torch.isfinite(grad_norm):
-            optimizer.step()
-        else:
-            tqdm.write(f"step {step + 1}: non-finite loss or gradient, update skipped")
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = clipped_step(student, optimizer, scheduler, totals["loss"], config.max_grad_norm, step + 1)
         # ---- plumbing: metrics, checkpoints, eval
         seconds = time.perf_counter() - t0
         record = {"step": step + 1, **totals, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm.item(),

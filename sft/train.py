@@ -10,16 +10,14 @@
 Cold start (R1 stage 1) is this loop on the built-in task's worked solutions (the default data);
 R1 stage 2 is this loop on rejection-sampled answers (a JSONL of prompt/completion pairs).
 """
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from common.config import arg
-from common.optim import make_optimizer, make_scheduler
+from common.optim import clipped_step, make_optimizer, make_scheduler
 from common.runlog import append_jsonl, open_run, plot_metrics
 from lm import checkpoint as ckpt
 from lm import load_model
@@ -94,13 +92,7 @@ def main(config: SFTConfig) -> dict:
             loss = sft_loss(model, batch, normalizer=max(1, n_targets))
             loss.backward()
             loss_sum += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf"))
-        if math.isfinite(loss_sum) and torch.isfinite(grad_norm):
-            optimizer.step()
-        else:
-            tqdm.write(f"step {step + 1}: non-finite loss or gradient, update skipped")
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = clipped_step(model, optimizer, scheduler, loss_sum, config.max_grad_norm, step + 1)
         # ---- plumbing: metrics, checkpoints, eval
         seconds = time.perf_counter() - t0
         record = {"step": step + 1, "loss": loss_sum, "lr": scheduler.get_last_lr()[0],
