@@ -1,14 +1,18 @@
 """Time one GRPO step by phase on the built-in model, and our sampler against HF `generate`.
 
-    .venv/bin/python bench/grpo_step.py [--steps 3] [--group-size 8] [--new-tokens 128]
+    .venv/bin/python bench/grpo_step.py [--steps 3] [--group-size 8] [--new-tokens 128] [--no-trl]
 
 Config (issue 5): 1 prompt x G = 8, 128 new tokens (EOS suppressed so every sequence runs the
 full budget), beta 0.04 (so the reference forward is timed), float32, one update per batch.
 Phases: sampling, reference forward, policy forward+backward, optimizer step. Prints the median
 over --steps steps, then decode-step latency and tokens/s of our sampler and of HF generate on
-the same prompt batch.
+the same prompt batch. Then, side by side, TRL 1.16's GRPOTrainer on the identical config (every
+completion forced to the full budget with min_new_tokens), once with its defaults (gradient
+checkpointing on) and once with it off: median seconds per step and in `generate`. TRL runs in its own
+virtual environment (.venv-trl, created on first use by bench/trl_env.py).
 """
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -18,23 +22,28 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.trl_env import run_child  # noqa: E402
 from grpo.loss import grpo_loss  # noqa: E402
 from lm import load_model, sample, token_logprobs  # noqa: E402
-from lm.chat import encode_prompt  # noqa: E402
+from lm.chat import encode_prompt, prompt_messages  # noqa: E402
+from lm.loading import BUILTIN, builtin_model_dir  # noqa: E402
+
+PROBLEM = "What is 12 * (7 + 8) - 9?"
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=BUILTIN)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--no-trl", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, tok = load_model(args.model, dtype="float32")
     ref = load_model(args.model, dtype="float32")[0].requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    prompt = encode_prompt(tok, "What is 12 * (7 + 8) - 9?")
+    prompt = encode_prompt(tok, PROBLEM)
     G, T = args.group_size, args.new_tokens
     never = -1  # an id no token has: every completion runs the full budget, as a worst case
     phases = {k: [] for k in ("sampling", "reference forward", "policy forward+backward", "optimizer", "step")}
@@ -71,7 +80,20 @@ def main():
     sample(model, [prompt], group_size=G, max_new_tokens=T, temperature=1.0, eos_token_id=never)
     ours = time.perf_counter() - t0
     print(f"sampling {G} x {T} tokens: ours {ours:.2f} s ({1000 * ours / T:.0f} ms/step, {G * T / ours:.0f} tok/s), "
-          f"HF generate {hf:.2f} s ({1000 * hf / T:.0f} ms/step, {G * T / hf:.0f} tok/s)")
+          f"HF generate {hf:.2f} s ({1000 * hf / T:.0f} ms/step, {G * T / hf:.0f} tok/s)", flush=True)
+    if args.no_trl:
+        return
+    path = builtin_model_dir() if args.model == BUILTIN else args.model
+    ours_step = statistics.median(phases["step"])
+    # one warm-up step more than ours: TRL's first step also builds its dataloader and optimizer
+    for gc in ("default", "off"):
+        out = json.loads(run_child("trl_grpo.py", "--model", str(path), "--prompt", json.dumps(prompt_messages(PROBLEM)),
+                                   "--group-size", str(G), "--new-tokens", str(T), "--steps", str(args.steps + 1),
+                                   "--gradient-checkpointing", gc).strip().splitlines()[-1])
+        step, gen = statistics.median(out["seconds"][1:]), statistics.median(out["generate"][1:])
+        print(f"TRL GRPOTrainer, gradient checkpointing {'on' if out['gradient_checkpointing'] else 'off'}: "
+              f"step {step:.2f} s (generate {gen:.2f} s), median of {len(out['seconds']) - 1}; "
+              f"ours {ours_step:.2f} s = {ours_step / step:.2f} of TRL's time", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,33 @@
-"""Packed against padded SFT batches on the same examples: trained tokens per second and padding.
+"""SFT speed: packed against padded batches, and against TRL's SFTTrainer, on the same examples.
 
-    .venv/bin/python bench/sft_packing.py [--examples 24] [--max-length 1024] [--batch 4]
+    .venv/bin/python bench/sft_packing.py [--examples 16] [--max-length 1024] [--batch 2] [--no-trl]
 
 Examples are built-in arithmetic conversations whose answers are stretched to 100-600 tokens.
-Padded: `--batch` examples per row group, right-padded to the longest (the attention mask hides the
-padding, but the matmuls still run over it). Packed: best-fit rows of `--max-length` tokens. Both do
-one forward+backward per micro-batch over all the examples; the script prints time, trained tokens
-per second, and the share of computed positions that were padding.
+Every configuration makes one pass over all of them with full training steps (forward, backward,
+gradient clipping, AdamW), float32, and prints seconds per step, input and trained (loss-bearing)
+tokens per second, and the share of computed positions that were padding:
+- ours, padded: `--batch * 2` examples per step, right-padded to the longest (the attention mask hides
+  the padding, but the matmuls still run over it);
+- ours, packed: `--batch` best-fit rows of `--max-length` tokens per step;
+- TRL 1.16 SFTTrainer, packing "bfd", padding-free, sdpa, `--batch` rows per step, once with its
+  defaults (gradient checkpointing on) and once with gradient checkpointing off. TRL runs in its own
+  virtual environment (.venv-trl, created on first use by bench/trl_env.py).
 """
 import argparse
+import json
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.trl_env import run_child  # noqa: E402
 from lm import load_model  # noqa: E402
+from lm.loading import BUILTIN, builtin_model_dir  # noqa: E402
 from sft.loss import sft_loss  # noqa: E402
 from sft.packing import collate_padded, collate_rows, pack, tokenize  # noqa: E402
 from tasks import load_conversations  # noqa: E402
@@ -36,35 +46,82 @@ def stretched(n: int, tokenizer, seed: int) -> list[list[dict]]:
     return out
 
 
-def run(model, batches) -> tuple[float, int, int]:
-    start, trained, computed = time.perf_counter(), 0, 0
-    for batch in batches:
+def train_pass(model, steps) -> dict:
+    """One full training step per (Batch, its number of real tokens); totals of time and tokens."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
+    seconds, tokens, trained, computed = [], 0, 0, 0
+    for batch, real in steps:
+        start = time.perf_counter()
         sft_loss(model, batch).backward()
-        trained += batch.num_targets
-        computed += batch.input_ids.numel()
-    model.zero_grad()
-    return time.perf_counter() - start, trained, computed
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        seconds.append(time.perf_counter() - start)
+        tokens, trained, computed = tokens + real, trained + batch.num_targets, computed + batch.input_ids.numel()
+    return {"seconds": seconds, "tokens": tokens, "trained": trained, "computed": computed}
+
+
+def line(name: str, r: dict) -> str:
+    total = sum(r["seconds"])
+    return (f"{name:<34} {len(r['seconds']):2d} steps {total / len(r['seconds']):6.1f} s/step  "
+            f"{r['tokens'] / total:6.1f} input tok/s  {r['trained'] / total:6.1f} trained tok/s  "
+            f"padding {1 - r['tokens'] / r['computed']:5.1%}")
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--examples", type=int, default=24)
+    parser.add_argument("--model", default=BUILTIN)
+    parser.add_argument("--examples", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=2, help="packed rows per step (padded: twice as many examples)")
+    parser.add_argument("--no-trl", action="store_true")
     args = parser.parse_args()
+    torch.manual_seed(0)
     model, tok = load_model(args.model, dtype="float32")
     model.train()
-    examples, _ = tokenize(tok, stretched(args.examples, tok, 0), args.max_length)
+    conversations = stretched(args.examples, tok, 0)
+    examples, _ = tokenize(tok, conversations, args.max_length)
     lengths = [len(e.input_ids) for e in examples]
-    print(f"{len(examples)} examples, {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / len(lengths):.0f})")
-    padded = [collate_padded(examples[i:i + args.batch], tok.pad_token_id) for i in range(0, len(examples), args.batch)]
-    packed = [collate_rows([row], tok.pad_token_id) for row in pack(examples, args.max_length)]
-    for name, batches in (("padded", padded), ("packed", packed)):
-        seconds, trained, computed = run(model, batches)
-        real = sum(lengths)
-        print(f"{name:<7} {len(batches):3d} micro-batches  {seconds:7.1f} s  {trained / seconds:6.1f} trained tok/s  "
-              f"{real / seconds:6.1f} input tok/s  padding {1 - real / computed:6.1%} of computed positions")
+    print(f"{len(examples)} examples, {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / len(lengths):.0f}), "
+          f"{torch.get_num_threads()} threads")
+    per = 2 * args.batch
+    padded = [(collate_padded(examples[i:i + per], tok.pad_token_id), sum(lengths[i:i + per]))
+              for i in range(0, len(examples), per)]
+    rows = pack(examples, args.max_length)
+    packed = [(collate_rows(rows[i:i + args.batch], tok.pad_token_id),
+               sum(len(e.input_ids) for row in rows[i:i + args.batch] for e in row))
+              for i in range(0, len(rows), args.batch)]
+    results = {}
+    for name, steps in (("ours, padded", padded), ("ours, packed", packed)):
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        results[name] = train_pass(model, steps)
+        model.load_state_dict(state)
+        print(line(name, results[name]), flush=True)
+    if not args.no_trl:
+        path = builtin_model_dir() if args.model == BUILTIN else args.model
+        data = Path(tempfile.mkdtemp()) / "sft.jsonl"
+        with data.open("w") as f:
+            for messages in conversations:
+                f.write(json.dumps({"prompt": messages[:-1], "completion": messages[-1:]}) + "\n")
+        for gc in ("default", "off"):
+            out = json.loads(run_child("trl_sft.py", "--model", str(path), "--data", str(data), "--max-length",
+                                       str(args.max_length), "--batch", str(args.batch), "--steps", "1000",
+                                       "--gradient-checkpointing", gc).strip().splitlines()[-1])
+            r = {"seconds": out["seconds"], "tokens": sum(out["tokens"]), "trained": sum(out["trained"]),
+                 "computed": sum(out["tokens"])}
+            name = f"TRL SFTTrainer, grad ckpt {'on' if out['gradient_checkpointing'] else 'off'}"
+            results[name] = r
+            print(line(name, r), flush=True)
+    ours = results["ours, packed"]
+    print(f"packed vs padded: {ours_rate(ours) / ours_rate(results['ours, padded']):.2f}x trained tok/s "
+          f"(padding share of the padded path {1 - results['ours, padded']['tokens'] / results['ours, padded']['computed']:.1%})")
+    for name, r in results.items():
+        if name.startswith("TRL"):
+            print(f"ours packed vs {name}: {ours_rate(ours) / ours_rate(r):.2f}x trained tok/s")
+
+
+def ours_rate(r: dict) -> float:
+    return r["trained"] / sum(r["seconds"])
 
 
 if __name__ == "__main__":

@@ -10,11 +10,18 @@ padding), T new tokens, V vocabulary.
 3. A sequence is finished at its first EOS; later tokens are padding. The completion mask covers the
    tokens up to and including that first EOS, also when pad == eos. A sequence with no EOS within the
    budget is truncated.
+
+Two things keep a decoding step close to the cost of reading the weights once:
+- the KV cache is allocated once for P + T positions (`PreallocatedLayer`): a step writes one column
+  in place, where transformers' DynamicCache concatenates, i.e. copies the whole cache, every step;
+- finished sequences leave the batch (their rows of the cache are dropped) once a quarter of the
+  running ones have finished, so a group whose answers are short stops paying for its longest one.
 """
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 
 @dataclass
@@ -24,6 +31,35 @@ class Samples:
     completion_ids: torch.Tensor   # (N, T) padded after the first EOS
     completion_mask: torch.Tensor  # (N, T) 1 up to and including the first EOS
     truncated: torch.Tensor        # (N,) bool: no EOS within max_new_tokens
+
+
+class PreallocatedLayer(DynamicLayer):
+    """One layer's KV cache in a buffer of `capacity` positions: `update` writes the new columns in
+    place and returns views of the filled part (no copy of the cache per step)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
+        super().__init__()
+        n, heads, length, dim = keys.shape
+        self.buffers = [keys.new_empty(n, heads, capacity, dim), values.new_empty(n, heads, capacity, dim)]
+        self.buffers[0][:, :, :length], self.buffers[1][:, :, :length] = keys, values
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self.length = length
+        self._expose()
+
+    def _expose(self):
+        self.keys, self.values = (b[:, :, :self.length] for b in self.buffers)
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        new = key_states.shape[-2]
+        self.buffers[0][:, :, self.length:self.length + new] = key_states
+        self.buffers[1][:, :, self.length:self.length + new] = value_states
+        self.length += new
+        self._expose()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.buffers = [b[indices] for b in self.buffers]
+        self._expose()
 
 
 def left_pad(sequences: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,8 +94,13 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: floa
     """(N, V) logits -> (N,) token ids. temperature 0 is greedy."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+    # Inverse-CDF draw: the first token whose cumulative probability exceeds u ~ U[0, 1) times the
+    # total. Exactly a categorical sample, and 20x cheaper here than torch.multinomial, which draws
+    # one exponential per vocabulary entry (50 ms per step for 32 x 49152 on a 2-core CPU).
+    cdf = probs.double().cumsum(-1)                                              # (N, V)
+    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64, device=probs.device)
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
 def completion_mask_from(ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,8 +128,10 @@ def last_logits(model, **inputs) -> torch.Tensor:
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], *, group_size: int = 1, max_new_tokens: int = 128,
            temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, eos_token_id: int,
-           pad_token_id: int | None = None, generator: torch.Generator | None = None) -> Samples:
-    """Sample `group_size` completions for each tokenised prompt (see the module docstring)."""
+           pad_token_id: int | None = None, generator: torch.Generator | None = None,
+           drop_finished: bool = True) -> Samples:
+    """Sample `group_size` completions for each tokenised prompt (see the module docstring).
+    `drop_finished=False` keeps finished sequences in the batch (same tokens, more compute)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("sample() needs at least one prompt and no empty prompt")
     device = next(model.parameters()).device
@@ -105,24 +148,31 @@ def sample(model, prompts: list[list[int]], *, group_size: int = 1, max_new_toke
                          past_key_values=cache, use_cache=True).repeat_interleave(G, 0)   # (N, V)
     if G > 1:
         cache.batch_repeat_interleave(G)
+    cache.layers = [PreallocatedLayer(layer.keys, layer.values, P + T) for layer in cache.layers]
     attention = torch.ones((N, P + T), dtype=torch.long, device=device)         # preallocated
     attention[:, :P] = prompt_mask.repeat_interleave(G, 0)
     position = positions[:, -1:].repeat_interleave(G, 0)                         # (N, 1)
 
     tokens = torch.full((N, T), pad_id, dtype=torch.long, device=device)
-    finished = torch.zeros(N, dtype=torch.bool, device=device)
+    running = torch.arange(N, device=device)   # rows of `tokens` still in the batch, in batch order
+    finished = torch.zeros(N, dtype=torch.bool, device=device)                   # over the batch rows
     steps = 0
     for t in range(T):
-        token = next_token(logits, temperature, top_k, top_p, generator)         # (N,)
-        tokens[:, t] = torch.where(finished, pad_id, token)
+        token = next_token(logits, temperature, top_k, top_p, generator)         # (n,) n = len(running)
+        tokens[running, t] = torch.where(finished, pad_id, token)
         finished |= token == eos_token_id
         steps = t + 1
         if finished.all() or t == T - 1:
             break
+        if drop_finished and finished.sum() * 4 >= len(running):
+            keep = (~finished).nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            running, finished, position, attention = running[keep], finished[keep], position[keep], attention[keep]
         position = position + 1
-        logits = last_logits(model, input_ids=tokens[:, t:t + 1], attention_mask=attention[:, :P + t + 1],
-                             position_ids=position, past_key_values=cache, use_cache=True)  # (N, V)
+        logits = last_logits(model, input_ids=tokens[running, t:t + 1], attention_mask=attention[:, :P + t + 1],
+                             position_ids=position, past_key_values=cache, use_cache=True)  # (n, V)
 
     tokens = tokens[:, :steps]
     mask, truncated = completion_mask_from(tokens, eos_token_id)
-    return Samples(prompt_ids.repeat_interleave(G, 0), attention[:, :P], tokens, mask, truncated)
+    prompt_mask = prompt_mask.repeat_interleave(G, 0)
+    return Samples(prompt_ids.repeat_interleave(G, 0), prompt_mask, tokens, mask, truncated)

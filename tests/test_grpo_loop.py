@@ -135,4 +135,6 @@ def test_skipping_zero_advantage_completions_is_exact(tmp_path):
     assert skipped["loss"] == pytest.approx(full["loss"], abs=1e-7)
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "skip" / "checkpoint-2").state_dict()
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "checkpoint-2").state_dict()
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # Adam divides by sqrt(v): summation-order rounding in near-zero gradients moves a weight by up to
+    # ~1e-6 here; a wrong update would move it by about lr = 1e-3 per step.
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

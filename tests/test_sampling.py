@@ -57,3 +57,29 @@ def test_sampling_is_reproducible_and_respects_the_budget(model, tok):
     assert torch.equal(a.completion_ids, b.completion_ids)
     assert a.completion_ids.shape == (4, 10)  # random tiny model: no EOS within 10 tokens is likely
     assert a.truncated.tolist() == [not (row == tok.eos_token_id).any().item() for row in a.completion_ids]
+
+
+
+def test_dropping_finished_sequences_changes_no_token(tok):
+    # A tiny model with sharpened weights has varied greedy completions; with seed 0 they are
+    # "2+2?" -> 59 23 35 48 48 48 48 89 99 ..., "What is 17 * 23 - 5?" -> 90 22 78 49 51 27 99 ...,
+    # "hi" -> 19 30 19 30 .... Taking 59 (then 99) as EOS makes some groups finish early and leave the
+    # batch while the others run on: no token may change.
+    from lm.loading import tiny_model
+    model = tiny_model(tok, seed=0).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(8)
+    prompts = [encode_prompt(tok, "2+2?"), encode_prompt(tok, "What is 17 * 23 - 5?"), encode_prompt(tok, "hi")]
+    kw = dict(group_size=2, max_new_tokens=12, temperature=0, pad_token_id=tok.pad_token_id)
+    for eos, lengths in ((59, [1, 12, 12]), (99, [9, 7, 12])):
+        kept = sample(model, prompts, eos_token_id=eos, drop_finished=False, **kw)
+        dropped = sample(model, prompts, eos_token_id=eos, **kw)
+        assert kept.completion_mask.sum(-1).tolist() == [n for n in lengths for _ in range(2)]
+        assert torch.equal(kept.completion_ids, dropped.completion_ids)
+        assert torch.equal(kept.completion_mask, dropped.completion_mask)
+        assert torch.equal(kept.prompt_mask, dropped.prompt_mask)
+        for i, p in enumerate(prompts):  # and each group equals its prompt sampled alone
+            alone = sample(model, [p], eos_token_id=eos, **kw).completion_ids
+            assert torch.equal(alone[0], dropped.completion_ids[2 * i, :alone.shape[1]])

@@ -1,0 +1,64 @@
+"""Child of bench/grpo_step.py, run in the TRL venv (bench/trl_env.py): TRL's GRPOTrainer on the
+config of issue 5 (1 prompt x G completions, every completion forced to the full budget with
+min_new_tokens, beta 0.04, float32, one update per batch). Prints one JSON line: seconds per step and
+the part of each step spent in `generate`."""
+import argparse
+import json
+import random
+import tempfile
+import time
+
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+
+
+class Clock(TrainerCallback):
+    def __init__(self):
+        self.seconds, self.start = [], 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds.append(time.perf_counter() - self.start)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--prompt", required=True, help="JSON list of chat messages")
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--gradient-checkpointing", choices=("default", "on", "off"), default="default")
+    args = parser.parse_args()
+    G, T = args.group_size, args.new_tokens
+    kw = {} if args.gradient_checkpointing == "default" else {"gradient_checkpointing": args.gradient_checkpointing == "on"}
+    config = GRPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=G, num_generations=G,
+                        max_completion_length=T, beta=0.04, temperature=1.0, max_steps=args.steps, bf16=False,
+                        fp16=False, use_cpu=True, logging_steps=1, report_to="none", save_strategy="no",
+                        disable_tqdm=True, generation_kwargs={"min_new_tokens": T},
+                        model_init_kwargs={"dtype": torch.float32, "attn_implementation": "sdpa"}, **kw)
+    rng = random.Random(0)
+    clock = Clock()
+    data = Dataset.from_list([{"prompt": json.loads(args.prompt)}] * args.steps)
+    trainer = GRPOTrainer(model=args.model, reward_funcs=lambda completions, **_: [rng.random() for _ in completions],
+                          args=config, train_dataset=data, callbacks=[clock])
+    generating, generate = [], trainer.model.generate
+
+    def timed_generate(*a, **k):
+        start = time.perf_counter()
+        out = generate(*a, **k)
+        generating.append(time.perf_counter() - start)
+        return out
+
+    trainer.model.generate = timed_generate
+    trainer.train()
+    print(json.dumps({"seconds": clock.seconds, "generate": generating,
+                      "gradient_checkpointing": trainer.args.gradient_checkpointing}))
+
+
+if __name__ == "__main__":
+    main()
