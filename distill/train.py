@@ -28,6 +28,7 @@ from common.runlog import append_jsonl, open_run, plot_metrics
 from distill.loss import KINDS, distillation_loss
 from lm import checkpoint as ckpt
 from lm import load_model
+from lm.logprobs import hidden_states
 from recipe.evaluate import eval_metrics
 from sft.data import PackedTrainingFlags, prepare
 from tasks import load_math
@@ -105,9 +106,8 @@ def check_same_tokenizer(teacher_tok, student_tok, teacher: str, student: str) -
 
 def logits_at_targets(model, batch, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, V) logits at the positions that have a target, and the (M,) targets."""
-    hidden = model.base_model(input_ids=batch.input_ids.to(device), position_ids=batch.position_ids.to(device),
-                              attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
-                              use_cache=False).last_hidden_state                    # (R, L, H)
+    hidden = hidden_states(model, batch.input_ids.to(device), position_ids=batch.position_ids.to(device),
+                           attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device))
     keep = batch.targets.to(device) != -100
     return model.get_output_embeddings()(hidden[keep]), batch.targets.to(device)[keep]
 

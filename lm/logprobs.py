@@ -14,8 +14,12 @@ The plain version, the oracle this is tested against:
     logits = model(ids).logits[:, P-1:-1] / temperature
     logp = logits.log_softmax(-1).gather(-1, completion_ids[..., None]).squeeze(-1)
 """
+from contextlib import nullcontext
+
 import torch
 from torch.utils.checkpoint import checkpoint
+
+from lm.attention import packed_attention
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -71,6 +75,16 @@ def chunked_logprobs(lm_head, hidden: torch.Tensor, targets: torch.Tensor, tempe
     return torch.cat(logps), torch.cat(entropies)
 
 
+def hidden_states(model, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None,
+                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(R, L, H) last hidden states of the model's body. Packed rows (restarting position ids, no
+    attention mask) run attention inside each example only (lm/attention.py)."""
+    packed = attention_mask is None and position_ids is not None
+    with packed_attention(model) if packed else nullcontext():
+        return model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                use_cache=False).last_hidden_state
+
+
 def target_logprobs(model, input_ids: torch.Tensor, targets: torch.Tensor, *,
                     position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                     chunk_size: int = 1024) -> torch.Tensor:
@@ -80,8 +94,7 @@ def target_logprobs(model, input_ids: torch.Tensor, targets: torch.Tensor, *,
     positions go through the output layer (prompt tokens never reach the vocabulary projection).
     For packed rows pass restarting `position_ids` and no attention mask.
     """
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              use_cache=False).last_hidden_state                  # (R, L, H)
+    hidden = hidden_states(model, input_ids, position_ids=position_ids, attention_mask=attention_mask)  # (R, L, H)
     keep = targets != -100                                                        # (R, L)
     return chunked_logprobs(model.get_output_embeddings(), hidden[keep], targets[keep],
                             chunk_size=chunk_size)[0]                             # (M,)

@@ -49,9 +49,10 @@ class PipelineConfig:
 
 def sizes(quick: bool) -> dict:
     if quick:
-        return dict(zero_steps=1, worked=12, prompted=2, sft_steps=2, grpo_steps=1, rejection_prompts=4,
+        return dict(zero_steps=1, zero_tokens=24, worked=12, prompted=2, sft_steps=2, grpo_steps=1, rejection_prompts=4,
                     distill_steps=2, eval_problems=4, tokens=24)
-    return dict(zero_steps=8, worked=600, prompted=16, sft_steps=20, grpo_steps=8, rejection_prompts=48,
+    # R1-Zero gets a short budget: the base model never closes its tags, so every sample runs to it
+    return dict(zero_steps=4, zero_tokens=96, worked=600, prompted=16, sft_steps=20, grpo_steps=8, rejection_prompts=48,
                 distill_steps=20, eval_problems=None, tokens=160)
 
 
@@ -68,7 +69,8 @@ def main(config: PipelineConfig) -> dict:
 
     def r1_zero(folder):
         grpo_main(GRPOConfig(model=config.model, dataset="arithmetic:1-2", reward_funcs=",".join(TUTORIAL_REWARDS),
-                             max_steps=n["zero_steps"], save_every=n["zero_steps"], output_dir=str(folder), **grpo_common))
+                             max_steps=n["zero_steps"], save_every=n["zero_steps"], output_dir=str(folder),
+                             **{**grpo_common, "max_completion_length": n["zero_tokens"]}))
         return {"model": str(ckpt.latest_checkpoint(folder))}
 
     def cold_start(folder):

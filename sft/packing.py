@@ -7,9 +7,13 @@ that ends each answer, . padding):
     positions  0 1 2 3 4 | 0 1 2 3 4 | 0 1
     targets    - C C E - | C C C E - | - -        (what each position predicts; - is -100)
 
-- Positions restart at 0 in every example. Given position ids and no attention mask, transformers
-  builds a block-diagonal causal mask from the restarts (a new block wherever the position does not
-  go up by one), so no token attends across examples. Padding at the end is a block of its own.
+- Positions restart at 0 in every example, and no token attends across examples: `lm/attention.py`
+  runs causal attention inside each example only (a new example wherever the position is 0), so a
+  row costs the sum of its examples' squared lengths, not its own squared length. (Without it,
+  given position ids and no attention mask, transformers builds the same block-diagonal causal mask
+  as one L x L mask.) Padding at the end is a block of its own.
+- A micro-batch of several rows is collated padding-free: its rows laid end to end in one row, so
+  no position is spent on padding (`collate_rows`).
 - Targets are shifted inside each example: the last token of an example predicts nothing, so an
   example's first token is never a target of the previous example.
 - Loss is taken only on the assistant's tokens (the completion, EOS included); prompt and system
@@ -116,11 +120,10 @@ def collate_packed(examples: list[Example], pad_id: int, length: int | None = No
 
 
 def collate_rows(rows: list[list[Example]], pad_id: int) -> Batch:
-    """Packed rows (each a list of examples) into one batch, padded to the longest row."""
-    width = max(sum(len(ex.input_ids) for ex in row) for row in rows)
-    parts = [collate_packed(row, pad_id, width) for row in rows]
-    return Batch(torch.cat([b.input_ids for b in parts]), torch.cat([b.position_ids for b in parts]),
-                 torch.cat([b.targets for b in parts]), None)
+    """Packed rows (each a list of examples) into a batch of one padding-free row: the rows end to end.
+    Attention stays inside each example (position ids restart), so this equals the rows side by side
+    padded to the longest, without computing the padding."""
+    return collate_packed([ex for row in rows for ex in row], pad_id)
 
 
 def collate_padded(examples: list[Example], pad_id: int) -> Batch:
