@@ -1,6 +1,6 @@
 """SFT speed: packed against padded batches, and against TRL's SFTTrainer, on the same examples.
 
-    .venv/bin/python bench/sft_packing.py [--examples 16] [--max-length 1024] [--batch 2] [--no-trl]
+    .venv/bin/python bench/sft_packing.py [--examples 12] [--max-length 1024] [--batch 2] [--no-trl]
 
 Examples are built-in arithmetic conversations whose answers are stretched to 100-600 tokens.
 Every configuration makes one pass over all of them with full training steps (forward, backward,
@@ -71,10 +71,10 @@ def line(name: str, r: dict) -> str:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=BUILTIN)
-    parser.add_argument("--examples", type=int, default=16)
+    parser.add_argument("--examples", type=int, default=12)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=2, help="packed rows per step (padded: twice as many examples)")
-    parser.add_argument("--no-trl", action="store_true")
+    parser.add_argument("--trl", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     torch.manual_seed(0)
     model, tok = load_model(args.model, dtype="float32")
@@ -97,7 +97,7 @@ def main():
         results[name] = train_pass(model, steps)
         model.load_state_dict(state)
         print(line(name, results[name]), flush=True)
-    if not args.no_trl:
+    if args.trl:
         path = builtin_model_dir() if args.model == BUILTIN else args.model
         data = Path(tempfile.mkdtemp()) / "sft.jsonl"
         with data.open("w") as f:
@@ -105,7 +105,7 @@ def main():
                 f.write(json.dumps({"prompt": messages[:-1], "completion": messages[-1:]}) + "\n")
         for gc in ("default", "off"):
             out = json.loads(run_child("trl_sft.py", "--model", str(path), "--data", str(data), "--max-length",
-                                       str(args.max_length), "--batch", str(args.batch), "--steps", "1000",
+                                       str(args.max_length), "--batch", str(args.batch),
                                        "--gradient-checkpointing", gc).strip().splitlines()[-1])
             r = {"seconds": out["seconds"], "tokens": sum(out["tokens"]), "trained": sum(out["trained"]),
                  "computed": sum(out["tokens"])}

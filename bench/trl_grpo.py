@@ -10,19 +10,8 @@ import time
 
 import torch
 from datasets import Dataset
-from transformers import TrainerCallback
+from trl_common import Clock  # bench/, next to this script
 from trl import GRPOConfig, GRPOTrainer
-
-
-class Clock(TrainerCallback):
-    def __init__(self):
-        self.seconds, self.start = [], 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.seconds.append(time.perf_counter() - self.start)
 
 
 def main():

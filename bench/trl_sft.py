@@ -1,26 +1,14 @@
 """Child of bench/sft_packing.py, run in the TRL venv (bench/trl_env.py): TRL's SFTTrainer on the
-examples the parent wrote, packed ("bfd", padding-free, sdpa), float32. Prints one JSON line:
+examples the parent wrote, one epoch, packed ("bfd", padding-free, sdpa), float32. Prints one JSON line:
 seconds per optimizer step, input and trained (loss-bearing) tokens per step."""
 import argparse
 import json
 import tempfile
-import time
 
 import torch
 from datasets import load_dataset
-from transformers import TrainerCallback
+from trl_common import Clock  # bench/, next to this script
 from trl import SFTConfig, SFTTrainer
-
-
-class Clock(TrainerCallback):
-    def __init__(self):
-        self.seconds, self.start = [], 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.seconds.append(time.perf_counter() - self.start)
 
 
 def main():
@@ -29,14 +17,12 @@ def main():
     parser.add_argument("--data", required=True)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--gradient-checkpointing", choices=("default", "on", "off"), default="default")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     kw = {} if args.gradient_checkpointing == "default" else {"gradient_checkpointing": args.gradient_checkpointing == "on"}
     config = SFTConfig(output_dir=tempfile.mkdtemp(), max_length=args.max_length, packing=True, packing_strategy="bfd",
                        padding_free=True, per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
-                       max_steps=args.steps, learning_rate=2e-5, bf16=False, fp16=False, use_cpu=True,
+                       num_train_epochs=1, learning_rate=2e-5, bf16=False, fp16=False, use_cpu=True,
                        logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True,
                        model_init_kwargs={"dtype": torch.float32, "attn_implementation": "sdpa"}, **kw)
     clock = Clock()
