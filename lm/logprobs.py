@@ -85,16 +85,61 @@ def hidden_states(model, input_ids: torch.Tensor, *, position_ids: torch.Tensor 
                                 use_cache=False).last_hidden_state
 
 
-def target_logprobs(model, input_ids: torch.Tensor, targets: torch.Tensor, *,
-                    position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                    chunk_size: int = 1024) -> torch.Tensor:
-    """Log-probs (M,) of the next-token `targets` (R, L) at the positions where targets != -100.
+class _ChunkedNLL(torch.autograd.Function):
+    """sum_i -log softmax(h_i W^T)[t_i], with the gradient computed in the forward pass, chunk by chunk.
+
+    For one position, d(-log p_t)/d logits = softmax - onehot(t) =: g, so d/dh = g W and d/dW = g^T h.
+    Computing them while the chunk's logits are at hand means the backward pass has nothing to
+    redo: three (C, V)-sized products per chunk where checkpointing needs four, and the (M, V) logits
+    never exist at once. The saved gradients are scaled by the incoming gradient in `backward`
+    (the loss is a plain sum, so that scale is the same for every position)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_size, with_grad):
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        ctx.weight_dtype = weight.dtype
+        grad_h = torch.empty_like(hidden) if with_grad and ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if with_grad and ctx.needs_input_grad[1] else None
+        for start in range(0, hidden.shape[0], chunk_size):
+            h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
+            logits = (h @ weight.T).float()                                       # (C, V)
+            lse = logits.logsumexp(-1)                                            # (C,)
+            total += (lse - logits.gather(-1, t[:, None]).squeeze(-1)).sum()
+            if grad_h is None and grad_w is None:
+                continue
+            g = logits.sub_(lse[:, None]).exp_()                                  # softmax, in place
+            g[torch.arange(len(t), device=g.device), t] -= 1.0
+            if grad_h is not None:
+                grad_h[start:start + chunk_size] = g.to(weight.dtype) @ weight
+            if grad_w is not None:
+                grad_w.addmm_(g.T, h.float())
+        ctx.save_for_backward(grad_h, grad_w)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        dh = None if grad_h is None else grad_h * grad_out.to(grad_h.dtype)
+        dw = None if grad_w is None else (grad_w * grad_out).to(ctx.weight_dtype)
+        return dh, dw, None, None, None
+
+
+def target_nll(model, input_ids: torch.Tensor, targets: torch.Tensor, *,
+               position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+               chunk_size: int = 1024) -> tuple[torch.Tensor, int]:
+    """(sum of -log p(target), number of targets) over the positions where targets (R, L) != -100.
 
     The SFT/distillation layout: `targets[r, t]` is the token position t predicts. Only those
     positions go through the output layer (prompt tokens never reach the vocabulary projection).
-    For packed rows pass restarting `position_ids` and no attention mask.
+    For packed rows pass restarting `position_ids` and no attention mask. A plain linear output layer
+    (Llama, Qwen, SmolLM) takes the fused path above; any other head goes through chunked_logprobs.
     """
     hidden = hidden_states(model, input_ids, position_ids=position_ids, attention_mask=attention_mask)  # (R, L, H)
     keep = targets != -100                                                        # (R, L)
-    return chunked_logprobs(model.get_output_embeddings(), hidden[keep], targets[keep],
-                            chunk_size=chunk_size)[0]                             # (M,)
+    hidden, targets = hidden[keep], targets[keep]                                 # (M, H), (M,)
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head.bias is not None or \
+            getattr(model.config, "final_logit_softcapping", None):
+        return -chunked_logprobs(head, hidden, targets, chunk_size=chunk_size)[0].sum(), len(targets)
+    return _ChunkedNLL.apply(hidden, head.weight, targets, chunk_size, torch.is_grad_enabled()), len(targets)

@@ -8,15 +8,14 @@ token-weighted mean over all its examples, whatever the split (common/tokens.py)
 """
 import torch
 
-from common.tokens import token_mean
-from lm.logprobs import target_logprobs
+from lm.logprobs import target_nll
 from sft.packing import Batch
 
 
 def sft_loss(model, batch: Batch, normalizer: float | None = None, chunk_size: int = 1024) -> torch.Tensor:
     device = next(model.parameters()).device
-    logp = target_logprobs(model, batch.input_ids.to(device), batch.targets.to(device),
-                           position_ids=batch.position_ids.to(device),
-                           attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
-                           chunk_size=chunk_size)                                 # (M,)
-    return -token_mean(logp, torch.ones_like(logp), normalizer)
+    nll, count = target_nll(model, batch.input_ids.to(device), batch.targets.to(device),
+                            position_ids=batch.position_ids.to(device),
+                            attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
+                            chunk_size=chunk_size)
+    return nll / (normalizer if normalizer is not None else max(count, 1))

@@ -1,7 +1,7 @@
 import torch
 
 from lm.chat import encode_prompt
-from lm.logprobs import positions_from_mask, token_logprobs
+from lm.logprobs import positions_from_mask, target_nll, token_logprobs
 from lm.sampling import sample
 
 
@@ -43,3 +43,28 @@ def test_entropy_of_tempered_distribution_matches_definition(model, tok):
     p = logits.softmax(-1)
     expected = -(p * p.log()).sum(-1)
     assert torch.allclose(entropy, expected, atol=1e-5)
+
+
+def test_target_nll_matches_cross_entropy_of_full_logits_values_and_gradients(model, tok):
+    # The fused path computes the output layer's gradient in the forward pass; compare the loss and
+    # every parameter's gradient (the tied embedding/output matrix included) with plain autograd.
+    torch.manual_seed(0)
+    ids = torch.randint(0, len(tok), (2, 23))
+    targets = torch.roll(ids, -1, 1)
+    targets[:, :5] = -100                                      # a prompt with no loss
+    targets[:, -1] = -100
+    model.train()
+    nll, count = target_nll(model, ids, targets, chunk_size=7)  # chunks that do not divide M = 34
+    (2.5 * nll).backward()                                     # an upstream scale reaches every gradient
+    fused = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    logits = model(ids).logits
+    plain = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                              ignore_index=-100, reduction="sum")
+    (2.5 * plain).backward()
+    assert count == 34
+    assert torch.allclose(nll, plain, rtol=1e-6, atol=1e-5)
+    for n, p in model.named_parameters():
+        assert (fused[n] - p.grad).abs().max() <= 1e-5 * p.grad.abs().max(), (n, (fused[n] - p.grad).abs().max())
+    with torch.no_grad():                                      # and with no gradient: the value alone
+        assert torch.allclose(target_nll(model, ids, targets)[0], plain, rtol=1e-6, atol=1e-5)
