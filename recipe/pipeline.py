@@ -154,6 +154,7 @@ def main(config: PipelineConfig) -> dict:
 
 def report(out: Path, folder: Path, config: PipelineConfig, n: dict) -> dict:
     """Evaluate every stage's model on one held-out set; write report.md."""
+    start = time.perf_counter()
     rows = load_math("arithmetic:1-4", "test", n["eval_problems"] or config.eval_problems, seed=config.seed)
     models = [("0-base", config.model, 0.0)]
     for name in ("1-r1-zero", "3-sft1", "4-grpo2", "6-sft2", "7-distill"):
@@ -171,6 +172,11 @@ def report(out: Path, folder: Path, config: PipelineConfig, n: dict) -> dict:
         lo, hi = metrics["accuracy_ci95"]
         lines.append(f"| {name} | {metrics['accuracy']:.3f} ({lo:.3f}-{hi:.3f}) | {metrics['format_rate']:.3f} | "
                      f"{metrics['reasoning_steps']:.2f} | {metrics['mean_length']:.0f} | {seconds / 60:.1f} min |")
+    stage_seconds = sum(json.loads((out / name / "stage.json").read_text())["seconds"]
+                        for name in ("1-r1-zero", "2-cold-start", "3-sft1", "4-grpo2", "5-rejection", "6-sft2", "7-distill"))
+    eval_seconds = time.perf_counter() - start
+    lines += ["", f"Wall-clock: stages 1-7 {stage_seconds / 60:.1f} min, this evaluation {eval_seconds / 60:.1f} min, "
+                  f"{(stage_seconds + eval_seconds) / 60:.1f} min in all."]
     lines += ["", "Training curves:", ""]
     for name in ("1-r1-zero", "3-sft1", "4-grpo2", "6-sft2", "7-distill"):
         if (out / name / "training_curves.png").exists():
