@@ -75,6 +75,15 @@ def chunked_logprobs(lm_head, hidden: torch.Tensor, targets: torch.Tensor, tempe
     return torch.cat(logps), torch.cat(entropies)
 
 
+def linear_head(model) -> torch.nn.Linear | None:
+    """The output layer when it is a plain linear map (Llama, Qwen, SmolLM), which the sampler and the
+    fused SFT loss multiply by hand; None for anything else (soft-capped logits, custom heads)."""
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or getattr(model.config, "final_logit_softcapping", None):
+        return None
+    return head
+
+
 def hidden_states(model, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None,
                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """(R, L, H) last hidden states of the model's body. Packed rows (restarting position ids, no
@@ -138,8 +147,8 @@ def target_nll(model, input_ids: torch.Tensor, targets: torch.Tensor, *,
     hidden = hidden_states(model, input_ids, position_ids=position_ids, attention_mask=attention_mask)  # (R, L, H)
     keep = targets != -100                                                        # (R, L)
     hidden, targets = hidden[keep], targets[keep]                                 # (M, H), (M,)
-    head = model.get_output_embeddings()
-    if type(head) is not torch.nn.Linear or head.bias is not None or \
-            getattr(model.config, "final_logit_softcapping", None):
-        return -chunked_logprobs(head, hidden, targets, chunk_size=chunk_size)[0].sum(), len(targets)
+    head = linear_head(model)
+    if head is None or head.bias is not None:
+        return -chunked_logprobs(model.get_output_embeddings(), hidden, targets, chunk_size=chunk_size)[0].sum(), \
+            len(targets)
     return _ChunkedNLL.apply(hidden, head.weight, targets, chunk_size, torch.is_grad_enabled()), len(targets)

@@ -23,6 +23,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from lm.logprobs import linear_head
+
 
 @dataclass
 class Samples:
@@ -117,8 +119,8 @@ def last_logits(model, **inputs) -> torch.Tensor:
     """(N, V) next-token logits from the last position: the body, then the output layer as
     (W @ h.T).T, which on a CPU runs a skinny (few rows) product about twice as fast as h @ W.T.
     Assumes a plain linear output layer (Llama, Qwen, SmolLM); other heads go through the model."""
-    head = model.get_output_embeddings()
-    if type(head) is not torch.nn.Linear or getattr(model.config, "final_logit_softcapping", None):
+    head = linear_head(model)
+    if head is None:
         return model(**inputs, logits_to_keep=1).logits[:, -1]
     hidden = model.base_model(**inputs).last_hidden_state[:, -1]                  # (N, H)
     logits = (head.weight @ hidden.T).T                                           # (N, V)
