@@ -88,7 +88,7 @@ def main():
     padded = [(collate_padded(examples[i:i + per], tok.pad_token_id), sum(lengths[i:i + per]))
               for i in range(0, len(examples), per)]
     rows = pack(examples, args.max_length)
-    packed = [(collate_rows(rows[i:i + args.batch], tok.pad_token_id),
+    packed = [(collate_rows(rows[i:i + args.batch]),
                sum(len(e.input_ids) for row in rows[i:i + args.batch] for e in row))
               for i in range(0, len(rows), args.batch)]
     results = {}

@@ -65,7 +65,7 @@ class MicroBatches:
             self._epoch = epoch
             self._batches = [shuffled[i:i + self.batch_size] for i in range(0, len(shuffled), self.batch_size)]
         group = self._batches[index]
-        return collate_rows(group, self.pad_id) if self.packing else collate_padded(group, self.pad_id)
+        return collate_rows(group) if self.packing else collate_padded(group, self.pad_id)
 
 
 def prepare(tokenizer, dataset: str, limit: int, max_length: int, overflow: str, packing: bool,

@@ -1,19 +1,19 @@
 """Sequence packing: tokenised examples laid into full rows, with exact per-example attention.
 
-A packed row of max_length 12 holding three examples (P prompt token, C completion token, E the EOS
-that ends each answer, . padding):
+A packed row of max_length 12 holding two examples and 2 free places (P prompt token, C completion
+token, E the EOS that ends each answer):
 
-    tokens     P P C C E | P C C C E | P .        (example A | example B | example C | pad)
-    positions  0 1 2 3 4 | 0 1 2 3 4 | 0 1
-    targets    - C C E - | C C C E - | - -        (what each position predicts; - is -100)
+    tokens     P P C C E | P C C C E              (example A | example B)
+    positions  0 1 2 3 4 | 0 1 2 3 4
+    targets    - C C E - | C C C E -              (what each position predicts; - is -100)
 
 - Positions restart at 0 in every example, and no token attends across examples: `lm/attention.py`
   runs causal attention inside each example only (a new example wherever the position is 0), so a
   row costs the sum of its examples' squared lengths, not its own squared length. (Without it,
   given position ids and no attention mask, transformers builds the same block-diagonal causal mask
-  as one L x L mask.) Padding at the end is a block of its own.
+  as one L x L mask.)
 - A micro-batch of several rows is collated padding-free: its rows laid end to end in one row, so
-  no position is spent on padding (`collate_rows`).
+  no position is spent on padding (`collate_rows`); a row's free places are simply not there.
 - Targets are shifted inside each example: the last token of an example predicts nothing, so an
   example's first token is never a target of the previous example.
 - Loss is taken only on the assistant's tokens (the completion, EOS included); prompt and system
@@ -106,24 +106,17 @@ class Batch:
         return int(self.input_ids.numel() if self.attention_mask is None else self.attention_mask.sum())
 
 
-def collate_packed(examples: list[Example], pad_id: int, length: int | None = None) -> Batch:
-    """One row holding all `examples` back to back, padded to `length`."""
-    ids, pos, tgt = [], [], []
-    for ex in examples:
-        ids += ex.input_ids
-        pos += list(range(len(ex.input_ids)))
-        tgt += shifted_targets(ex.labels)
-    pad = (length or len(ids)) - len(ids)
-    ids, pos, tgt = ids + [pad_id] * pad, pos + list(range(pad)), tgt + [IGNORE] * pad
-    t = lambda x: torch.tensor([x], dtype=torch.long)
-    return Batch(t(ids), t(pos), t(tgt), None)
-
-
-def collate_rows(rows: list[list[Example]], pad_id: int) -> Batch:
+def collate_rows(rows: list[list[Example]]) -> Batch:
     """Packed rows (each a list of examples) into a batch of one padding-free row: the rows end to end.
     Attention stays inside each example (position ids restart), so this equals the rows side by side
     padded to the longest, without computing the padding."""
-    return collate_packed([ex for row in rows for ex in row], pad_id)
+    ids, pos, tgt = [], [], []
+    for ex in (ex for row in rows for ex in row):
+        ids += ex.input_ids
+        pos += list(range(len(ex.input_ids)))
+        tgt += shifted_targets(ex.labels)
+    t = lambda x: torch.tensor([x], dtype=torch.long)
+    return Batch(t(ids), t(pos), t(tgt), None)
 
 
 def collate_padded(examples: list[Example], pad_id: int) -> Batch:

@@ -27,7 +27,7 @@ def test_best_fit_by_hand():
 
 def test_targets_positions_and_labels_in_a_packed_row(tok):
     examples, _ = tokenize(tok, conversations(2), max_length=10_000)
-    batch = collate_rows([examples], tok.pad_token_id)
+    batch = collate_rows([examples])
     n0 = len(examples[0].input_ids)
     assert batch.position_ids[0, n0] == 0 and batch.position_ids[0, n0 - 1] == n0 - 1   # restart
     assert batch.targets[0, n0 - 1] == IGNORE          # A's last token never predicts B's first
@@ -56,7 +56,7 @@ def test_packed_loss_and_gradients_equal_one_by_one(tok, attn):
     assert len(rows) < len(examples)  # something was packed together
     total_targets = sum(sum(l != IGNORE for l in e.labels) for e in examples)
 
-    packed_loss = sum(sft_loss(model, collate_rows([row], tok.pad_token_id), normalizer=total_targets)
+    packed_loss = sum(sft_loss(model, collate_rows([row]), normalizer=total_targets)
                       for row in rows)
     packed_loss.backward()
     packed_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -83,7 +83,7 @@ def test_padded_batch_matches_packed_and_accumulation_matches_one_batch(tok):
     model = tiny_model(tok, seed=2)
     examples, _ = tokenize(tok, conversations(6), max_length=10_000)
     n = sum(sum(l != IGNORE for l in e.labels) for e in examples)
-    one = sft_loss(model, collate_rows(pack(examples, 10_000), tok.pad_token_id))   # everything in one row
+    one = sft_loss(model, collate_rows(pack(examples, 10_000)))   # everything in one row
     one.backward()
     full = {k: p.grad.clone() for k, p in model.named_parameters()}
     model.zero_grad()
