@@ -47,6 +47,9 @@ class PipelineConfig:
     seed: int = arg(0, "seed for every stage")
 
 
+TRAINED_STAGES = ("1-r1-zero", "3-sft1", "4-grpo2", "6-sft2", "7-distill")  # each leaves a model and curves
+
+
 def sizes(quick: bool) -> dict:
     if quick:
         return dict(zero_steps=1, zero_tokens=24, worked=12, prompted=2, sft_steps=2, grpo_steps=1, rejection_prompts=4,
@@ -157,7 +160,7 @@ def report(out: Path, folder: Path, config: PipelineConfig, n: dict) -> dict:
     start = time.perf_counter()
     rows = load_math("arithmetic:1-4", "test", n["eval_problems"] or config.eval_problems, seed=config.seed)
     models = [("0-base", config.model, 0.0)]
-    for name in ("1-r1-zero", "3-sft1", "4-grpo2", "6-sft2", "7-distill"):
+    for name in TRAINED_STAGES:
         stage = json.loads((out / name / "stage.json").read_text())
         models.append((name, stage["model"], stage["seconds"]))
     results, lines = {}, ["# R1 pipeline report", "",
@@ -172,13 +175,13 @@ def report(out: Path, folder: Path, config: PipelineConfig, n: dict) -> dict:
         lo, hi = metrics["accuracy_ci95"]
         lines.append(f"| {name} | {metrics['accuracy']:.3f} ({lo:.3f}-{hi:.3f}) | {metrics['format_rate']:.3f} | "
                      f"{metrics['reasoning_steps']:.2f} | {metrics['mean_length']:.0f} | {seconds / 60:.1f} min |")
-    stage_seconds = sum(json.loads((out / name / "stage.json").read_text())["seconds"]
-                        for name in ("1-r1-zero", "2-cold-start", "3-sft1", "4-grpo2", "5-rejection", "6-sft2", "7-distill"))
+    # every finished stage before this one (this one's stage.json is written after the report)
+    stage_seconds = sum(json.loads(p.read_text())["seconds"] for p in out.glob("*/stage.json") if p.parent != folder)
     eval_seconds = time.perf_counter() - start
     lines += ["", f"Wall-clock: stages 1-7 {stage_seconds / 60:.1f} min, this evaluation {eval_seconds / 60:.1f} min, "
                   f"{(stage_seconds + eval_seconds) / 60:.1f} min in all."]
     lines += ["", "Training curves:", ""]
-    for name in ("1-r1-zero", "3-sft1", "4-grpo2", "6-sft2", "7-distill"):
+    for name in TRAINED_STAGES:
         if (out / name / "training_curves.png").exists():
             lines.append(f"- {name}: ![{name}]({name}/training_curves.png)")
     counts = json.loads((out / "2-cold-start" / "counts.json").read_text())
