@@ -61,11 +61,19 @@ def train_pass(model, steps) -> dict:
     return {"seconds": seconds, "tokens": tokens, "trained": trained, "computed": computed}
 
 
+def trained_rate(r: dict) -> float:
+    return r["trained"] / sum(r["seconds"])
+
+
+def padding_share(r: dict) -> float:
+    return 1 - r["tokens"] / r["computed"]
+
+
 def line(name: str, r: dict) -> str:
     total = sum(r["seconds"])
     return (f"{name:<34} {len(r['seconds']):2d} steps {total / len(r['seconds']):6.1f} s/step  "
-            f"{r['tokens'] / total:6.1f} input tok/s  {r['trained'] / total:6.1f} trained tok/s  "
-            f"padding {1 - r['tokens'] / r['computed']:5.1%}")
+            f"{r['tokens'] / total:6.1f} input tok/s  {trained_rate(r):6.1f} trained tok/s  "
+            f"padding {padding_share(r):5.1%}")
 
 
 def main():
@@ -112,16 +120,12 @@ def main():
             name = f"TRL SFTTrainer, grad ckpt {'on' if out['gradient_checkpointing'] else 'off'}"
             results[name] = r
             print(line(name, r), flush=True)
-    ours = results["ours, packed"]
-    print(f"packed vs padded: {ours_rate(ours) / ours_rate(results['ours, padded']):.2f}x trained tok/s "
-          f"(padding share of the padded path {1 - results['ours, padded']['tokens'] / results['ours, padded']['computed']:.1%})")
+    ours, padded = results["ours, packed"], results["ours, padded"]
+    print(f"packed vs padded: {trained_rate(ours) / trained_rate(padded):.2f}x trained tok/s "
+          f"(padding share of the padded path {padding_share(padded):.1%})")
     for name, r in results.items():
         if name.startswith("TRL"):
-            print(f"ours packed vs {name}: {ours_rate(ours) / ours_rate(r):.2f}x trained tok/s")
-
-
-def ours_rate(r: dict) -> float:
-    return r["trained"] / sum(r["seconds"])
+            print(f"ours packed vs {name}: {trained_rate(ours) / trained_rate(r):.2f}x trained tok/s")
 
 
 if __name__ == "__main__":
