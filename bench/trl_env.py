@@ -1,6 +1,7 @@
 """A separate virtual environment with TRL, for the side-by-side benchmarks only (the project never
 imports TRL). Created on first use in .venv-trl (gitignored), with the same torch and transformers
 as requirements.txt, so both sides run the same kernels."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,10 @@ def pinned(package: str) -> str:
 
 
 def trl_python() -> str:
-    """Path of the TRL venv's python, creating the venv (a minute or two) if it is missing."""
+    """Path of the TRL venv's python, creating the venv (a minute or two) if it is missing; $TRL_PYTHON
+    names a python that already has TRL (a machine with no package index)."""
+    if os.environ.get("TRL_PYTHON"):
+        return os.environ["TRL_PYTHON"]
     python = VENV / "bin" / "python"
     marker = VENV / f".trl-{TRL_VERSION}"
     if not marker.exists():

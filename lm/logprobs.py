@@ -13,11 +13,24 @@ distribution it sampled from, so it passes its sampling temperature here.
 The plain version, the oracle this is tested against:
     logits = model(ids).logits[:, P-1:-1] / temperature
     logp = logits.log_softmax(-1).gather(-1, completion_ids[..., None]).squeeze(-1)
+
+Shared prompts (a speed path with the plain forward as its oracle). GRPO scores G completions of each
+prompt, so a batch holds each prompt G times. `shared_prompt_hidden` runs each distinct prompt once,
+with a KV cache, and the completions on copies of that cache:
+
+    prompts (U, P) --body--> KV cache (U, P) --select rows--> KV cache (N, P)
+                                                                  |
+    completions (N, T-1) ------------------------------------body--> hidden (N, T-1)
+
+which skips (G - 1) / G of the prompt tokens in both the forward and the backward pass (gradients
+from every copy of a cache row add up in its prompt's forward, as they would across the copies).
+The completion's last token is never an input: it predicts nothing that is scored.
 """
 from contextlib import nullcontext
 
 import torch
 from torch.utils.checkpoint import checkpoint
+from transformers import DynamicCache
 
 from lm.attention import packed_attention
 
@@ -41,24 +54,69 @@ def _chunk_logp(lm_head, hidden: torch.Tensor, targets: torch.Tensor, temperatur
 
 def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                    completion_ids: torch.Tensor, completion_mask: torch.Tensor | None = None, *,
-                   temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False):
+                   temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False,
+                   share_prompts: bool = True):
     """log p(completion token | everything before it) at `temperature`, shape (N, T).
 
     Returns (logp, entropy); entropy (N, T) is the entropy of each position's tempered distribution
     (zeros unless `with_entropy`). Padding positions get a value too; callers mask them.
+    `share_prompts` runs each distinct prompt once (`shared_prompt_hidden`); False (and gradient
+    checkpointing, which turns transformers' KV cache off) runs the plain `completion_hidden`.
     """
     N, T = completion_ids.shape
     assert prompt_ids.shape[0] == N and prompt_mask.shape == prompt_ids.shape
     if completion_mask is None:
         completion_mask = torch.ones_like(completion_ids)
-    ids = torch.cat([prompt_ids, completion_ids], 1)                              # (N, P+T)
-    mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], 1)     # (N, P+T)
-    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
-                              use_cache=False).last_hidden_state
-    hidden = hidden[:, -T - 1:-1].reshape(N * T, -1)                              # (N*T, H)
-    logp, entropy = chunked_logprobs(model.get_output_embeddings(), hidden, completion_ids.reshape(N * T),
-                                     temperature, chunk_size, with_entropy)
+    completion_mask = completion_mask.to(prompt_mask.dtype)
+    shared = share_prompts and T > 1 and not _checkpointing(model)
+    hidden = (shared_prompt_hidden if shared else completion_hidden)(
+        model, prompt_ids, prompt_mask, completion_ids, completion_mask)          # (N, T, H)
+    logp, entropy = chunked_logprobs(model.get_output_embeddings(), hidden.reshape(N * T, -1),
+                                     completion_ids.reshape(N * T), temperature, chunk_size, with_entropy)
     return logp.view(N, T), entropy.view(N, T)
+
+
+def _checkpointing(model) -> bool:
+    """Whether activation checkpointing is on (transformers then refuses a KV cache in training)."""
+    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") \
+        else "is_gradient_checkpointing"
+    return bool(getattr(model, name, False))
+
+
+def completion_hidden(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+    """(N, T, H) hidden states that predict each completion token: one forward over [prompt | completion]."""
+    T = completion_ids.shape[1]
+    ids = torch.cat([prompt_ids, completion_ids], 1)                              # (N, P+T)
+    mask = torch.cat([prompt_mask, completion_mask], 1)                           # (N, P+T)
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
+                              use_cache=False).last_hidden_state                  # (N, P+T, H)
+    return hidden[:, -T - 1:-1]                                                   # (N, T, H)
+
+
+def shared_prompt_hidden(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+    """`completion_hidden` with each distinct prompt run once (see the module docstring)."""
+    P = prompt_ids.shape[1]
+    rows = torch.cat([prompt_ids, prompt_mask], 1)                                # (N, 2P)
+    distinct, index = torch.unique(rows, dim=0, return_inverse=True)             # (U, 2P), (N,)
+    u_ids, u_mask = distinct[:, :P], distinct[:, P:]                             # (U, P)
+    cache = DynamicCache(config=model.config)
+    prompt_last = model.base_model(input_ids=u_ids, attention_mask=u_mask, position_ids=positions_from_mask(u_mask),
+                                   past_key_values=cache, use_cache=True).last_hidden_state[:, -1]  # (U, H)
+    copies = torch.nn.functional.one_hot(index, len(distinct)).to(prompt_last.dtype)  # (N, U)
+    for layer in cache.layers:                                                    # (U, ...) -> (N, ...)
+        layer.keys, layer.values = copy_rows(layer.keys, copies), copy_rows(layer.values, copies)
+    mask = torch.cat([prompt_mask, completion_mask], 1)[:, :-1]                  # (N, P+T-1)
+    hidden = model.base_model(input_ids=completion_ids[:, :-1], attention_mask=mask,
+                              position_ids=positions_from_mask(mask)[:, P:], past_key_values=cache,
+                              use_cache=True).last_hidden_state                   # (N, T-1, H)
+    return torch.cat([copy_rows(prompt_last, copies)[:, None], hidden], 1)       # (N, T, H)
+
+
+def copy_rows(x: torch.Tensor, copies: torch.Tensor) -> torch.Tensor:
+    """Row n of the result is row u of x where copies[n, u] = 1: (U, ...) -> (N, ...).
+    A product with the 0/1 matrix rather than x[index], whose backward adds the copies' gradients
+    in a thread-dependent order; the product's is the same every run (exact resume needs that)."""
+    return (copies @ x.reshape(x.shape[0], -1)).view(copies.shape[0], *x.shape[1:])
 
 
 def chunked_logprobs(lm_head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,

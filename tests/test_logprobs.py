@@ -68,3 +68,29 @@ def test_target_nll_matches_cross_entropy_of_full_logits_values_and_gradients(mo
         assert (fused[n] - p.grad).abs().max() <= 1e-5 * p.grad.abs().max(), (n, (fused[n] - p.grad).abs().max())
     with torch.no_grad():                                      # and with no gradient: the value alone
         assert torch.allclose(target_nll(model, ids, targets)[0], plain, rtol=1e-6, atol=1e-5)
+
+
+def test_shared_prompt_forward_matches_the_plain_forward_values_and_gradients(model, tok):
+    # Prompts of different lengths (left padding), two repeated and one alone, rows interleaved, and
+    # completions with padding after an EOS: running each prompt once and its completions on copies
+    # of its KV cache must give the plain [prompt | completion] forward's log-probs and gradients.
+    a, b, c = (encode_prompt(tok, q) for q in ("What is 4 + 4?", "hi", "Compute 12 * 3 - 5."))
+    s = sample(model, [a, b, c], group_size=2, max_new_tokens=7, temperature=1.0,
+               eos_token_id=tok.eos_token_id, generator=torch.Generator().manual_seed(1))
+    order = torch.tensor([0, 2, 1, 4, 3])                       # drop row 5: prompt c appears once
+    args = [x[order] for x in (s.prompt_ids, s.prompt_mask, s.completion_ids)]
+    completion_mask = s.completion_mask[order].clone()
+    completion_mask[1, 4:] = 0                                  # padding after an EOS
+    weights = torch.randn(5, 7, generator=torch.Generator().manual_seed(3))
+    grads, values = [], []
+    for share in (True, False):
+        model.zero_grad()
+        logp, entropy = token_logprobs(model, *args, completion_mask, temperature=0.8, share_prompts=share,
+                                       with_entropy=True)
+        ((logp + 0.1 * entropy) * weights * completion_mask).sum().backward()
+        values.append((logp * completion_mask, entropy * completion_mask))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert torch.allclose(values[0][0], values[1][0], atol=1e-5, rtol=0)
+    assert torch.allclose(values[0][1], values[1][1], atol=1e-5, rtol=0)
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4), n
