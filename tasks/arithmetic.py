@@ -7,6 +7,10 @@ Levels (operands are integers; every answer is an exact integer):
     4  four operands with parentheses             "What is (8 - 3) * 4 + 9?"
     5  five operands, nested parentheses          "What is 2 * (3 + (7 - 4) * 5) - 6?"
 
+`operands` overrides a level's number of operands and keeps its other rules: level 3 with 4
+operands ("What is 11 * 9 - 16 + 20?") is harder than anything in levels 1-3 by length alone,
+with no parentheses, which only levels 4-5 use.
+
 Rows have the columns of NuminaMath-TIR: `problem`, and `solution` ending in `\\boxed{answer}`; plus
 `answer` (int) and `level`. A problem belongs to the test split when a hash of its text says so, so
 train and test never share a problem, whatever seeds and sizes are asked for.
@@ -63,9 +67,9 @@ def render(node) -> str:
     return f"{left} {node.op} {right}"
 
 
-def random_expression(rng: random.Random, level: int):
+def random_expression(rng: random.Random, level: int, operands: int | None = None):
     ops = "+-" if level == 1 else "+-*"
-    leaves = [Num(rng.randint(1, 99 if level <= 2 else 20)) for _ in range(LEVEL_OPERANDS[level])]
+    leaves = [Num(rng.randint(1, 99 if level <= 2 else 20)) for _ in range(operands or LEVEL_OPERANDS[level])]
     # combine random neighbours until one tree is left: any bracketing can come out
     while len(leaves) > 1:
         i = rng.randrange(len(leaves) - 1)
@@ -95,8 +99,10 @@ def has_parens(node) -> bool:
 
 
 def fits_level(node, level: int) -> bool:
+    if level <= 3 and has_parens(node):
+        return False
     if level == 3:
-        return not has_parens(node) and len({n for n in "+-*" if n in render(node)}) >= 2
+        return len({n for n in "+-*" if n in render(node)}) >= 2
     if level >= 4:
         return has_parens(node) and (level == 4 or render(node).count("(") >= 2)
     return True
@@ -167,20 +173,24 @@ def make_row(node, level: int) -> dict:
 
 
 def arithmetic_rows(split: str = "train", n: int = 1000, seed: int = 0,
-                    levels: tuple[int, ...] = (1, 2, 3)) -> list[dict]:
-    """`n` distinct problems of `split`, levels taken in turn, reproducible from `seed`."""
+                    levels: tuple[int, ...] = (1, 2, 3), operands: int | None = None) -> list[dict]:
+    """`n` distinct problems of `split`, levels taken in turn, reproducible from `seed`; `operands`
+    overrides the levels' numbers of operands."""
     if split not in ("train", "test"):
         raise ValueError(f"arithmetic split {split!r}: choose train or test")
     if not levels or any(level not in LEVEL_OPERANDS for level in levels):
         raise ValueError(f"arithmetic levels {levels}: each must be one of 1..5")
-    rng = random.Random(f"{seed}-{split}")
+    if operands is not None and not 2 <= operands <= 8:
+        raise ValueError(f"arithmetic operands {operands}: choose 2..8")
+    # the seed string of the levels' own operand counts is kept, so their problems do not change
+    rng = random.Random(f"{seed}-{split}" + (f"-{operands}ops" if operands else ""))
     rows, seen, tries = [], set(), 0
     while len(rows) < n:
         tries += 1
         if tries > 200 * n + 10_000:
             raise ValueError(f"could only make {len(rows)} distinct {split} problems at levels {levels}")
         level = levels[len(rows) % len(levels)]
-        node = random_expression(rng, level)
+        node = random_expression(rng, level, operands)
         problem = f"What is {render(node)}?"
         if problem in seen or split_of(problem) != split or not fits_level(node, level):
             continue

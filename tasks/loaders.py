@@ -3,6 +3,7 @@
 Specs:
     arithmetic            the built-in task, levels 1-3 (see tasks/arithmetic.py)
     arithmetic:4          one level;  arithmetic:3-5  a range of levels
+    arithmetic:3x4        level 3's problems with 4 operands (any level or range, then xK)
     path/to/file.jsonl    a local .jsonl, .json or .parquet file
     owner/name            a Hugging Face hub dataset (needs the hub)
 
@@ -25,18 +26,21 @@ class DataError(ValueError):
     """Bad dataset input; the message names the source, the row and the column."""
 
 
-def parse_arithmetic_spec(spec: str) -> tuple[int, ...] | None:
-    """Levels for an `arithmetic[:L or :A-B]` spec; None if the spec is something else."""
+def parse_arithmetic_spec(spec: str) -> dict | None:
+    """`arithmetic_rows` arguments (levels, operands) for an `arithmetic[:L or :A-B][xK]` spec; None
+    if the spec is something else."""
     if spec == "arithmetic":
-        return (1, 2, 3)
+        return {"levels": (1, 2, 3), "operands": None}
     if not spec.startswith("arithmetic:"):
         return None
     text = spec.split(":", 1)[1]
     try:
+        text, _, operands = text.partition("x")
         low, _, high = text.partition("-")
-        return tuple(range(int(low), int(high or low) + 1))
+        return {"levels": tuple(range(int(low), int(high or low) + 1)), "operands": int(operands) if operands else None}
     except ValueError:
-        raise DataError(f"dataset {spec!r}: write arithmetic:L or arithmetic:A-B with levels 1..5") from None
+        raise DataError(f"dataset {spec!r}: write arithmetic:L, arithmetic:A-B (levels 1..5), "
+                        f"optionally followed by xK for K operands") from None
 
 
 def read_rows(spec: str, split: str = "train") -> list[dict]:
@@ -81,9 +85,9 @@ def require(rows: list[dict], columns: tuple[str, ...], source: str) -> None:
 
 def load_math(spec: str, split: str = "train", limit: int | None = None, seed: int = 0) -> list[dict]:
     """Rows with `problem` and `solution` (the gold answer in `\\boxed{}` or plain)."""
-    levels = parse_arithmetic_spec(spec)
-    if levels is not None:
-        return arithmetic_rows(split, limit or 1000, seed=seed, levels=levels)
+    arithmetic = parse_arithmetic_spec(spec)
+    if arithmetic is not None:
+        return arithmetic_rows(split, limit or 1000, seed=seed, **arithmetic)
     rows = read_rows(spec, split)[:limit]
     require(rows, ("problem", "solution"), spec)
     return rows
@@ -117,13 +121,13 @@ def to_messages(row: dict, index: int, source: str) -> list[dict]:
 def load_conversations(spec: str, split: str = "train", limit: int | None = None,
                        seed: int = 0) -> list[dict]:
     """Rows with `messages`; the built-in task gives its worked R1-format solutions."""
-    levels = parse_arithmetic_spec(spec)
-    if levels is not None:
+    arithmetic = parse_arithmetic_spec(spec)
+    if arithmetic is not None:
         return [{"messages": [{"role": "system", "content": SYSTEM_PROMPT},
                               {"role": "user", "content": r["problem"]},
                               {"role": "assistant", "content": r["worked"]}],
                  "problem": r["problem"], "solution": r["solution"]}
-                for r in arithmetic_rows(split, limit or 1000, seed=seed, levels=levels)]
+                for r in arithmetic_rows(split, limit or 1000, seed=seed, **arithmetic)]
     rows = read_rows(spec, split)[:limit]
     if not rows:
         raise DataError(f"{spec}: no rows")

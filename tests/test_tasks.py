@@ -24,6 +24,23 @@ def test_levels_have_their_shape():
     assert all(operands(r["problem"]) == 5 for r in by_level[5])
 
 
+def test_operands_override_keeps_the_level_rules_and_the_levels_own_problems():
+    rows = load_math("arithmetic:3x4", "test", 40)
+    for row in rows:                     # "What is 11 * 9 - 16 + 20?": 4 operands, 2+ kinds of op, no brackets
+        expression = row["problem"].removeprefix("What is ").removesuffix("?")
+        assert len(re.findall(r"\d+", expression)) == 4 and "(" not in expression
+        assert len(set(re.findall(r"[-+*]", expression))) >= 2
+        assert eval(expression) == row["answer"]
+        assert row["worked"].count("Step ") == 3          # one step per operation
+    assert all(len(re.findall(r"\d+", r["problem"])) == 5 for r in load_math("arithmetic:1-2x5", limit=10))
+    # the plain spec still gives the very same problems as before the override existed
+    assert load_math("arithmetic:3", "test", 20) == arithmetic_rows("test", 20, levels=(3,))
+    with pytest.raises(DataError, match="xK for K operands"):
+        load_math("arithmetic:3xfour")
+    with pytest.raises(ValueError, match="operands 1: choose 2..8"):
+        load_math("arithmetic:3x1")
+
+
 def test_train_and_test_never_share_a_problem_and_are_reproducible():
     train = {r["problem"] for r in arithmetic_rows("train", 2000, seed=0)}
     test = {r["problem"] for r in arithmetic_rows("test", 300, seed=5)}
