@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.trl_env import run_child  # noqa: E402
+from common.optim import make_optimizer  # noqa: E402
 from grpo.loss import grpo_loss  # noqa: E402
 from lm import load_model, sample, token_logprobs  # noqa: E402
 from lm.chat import encode_prompt, prompt_messages  # noqa: E402
@@ -61,6 +62,7 @@ def main():
     parser.add_argument("--random-weights", action="store_true", help="the model's shape, random weights")
     parser.add_argument("--no-share-prompts", action="store_true", help="run each prompt copy in the forwards")
     parser.add_argument("--no-trl", action="store_true")
+    parser.add_argument("--trl-checkpointing", default="default,off", help="TRL runs: default, on, off (comma-separated)")
     args = parser.parse_args()
     path = str(builtin_model_dir()) if args.model == BUILTIN else args.model
     if args.random_weights:
@@ -71,7 +73,7 @@ def main():
     torch.manual_seed(0)
     model, tok = load_model(path, dtype=args.dtype, device=args.device)
     ref = load_model(path, dtype=args.dtype, device=args.device)[0].requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    optimizer = make_optimizer(model, 1e-6)
     prompts = [encode_prompt(tok, PROBLEM)] * args.prompts
     B, G, T = args.prompts, args.group_size, args.new_tokens
     share = not args.no_share_prompts
@@ -119,7 +121,7 @@ def main():
         return
     ours_step = statistics.median(phases["step"])
     # one warm-up step more than ours: TRL's first step also builds its dataloader and optimizer
-    for gc in ("default", "off"):
+    for gc in args.trl_checkpointing.split(","):
         out = json.loads(run_child("trl_grpo.py", "--model", path, "--prompt", json.dumps(prompt_messages(PROBLEM)),
                                    "--prompts", str(B), "--group-size", str(G), "--new-tokens", str(T),
                                    "--steps", str(args.steps + 1), "--gradient-checkpointing", gc,

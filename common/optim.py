@@ -8,11 +8,13 @@ SCHEDULES = ("constant", "linear", "cosine")
 
 
 def make_optimizer(model, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999)) -> torch.optim.AdamW:
-    """AdamW; biases and norm weights (1-D parameters) get no weight decay."""
+    """AdamW; biases and norm weights (1-D parameters) get no weight decay. The fused implementation
+    (one kernel over all parameters, the same update) where every parameter is on a CPU or GPU."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
 def lr_factor(step: int, kind: str, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:

@@ -121,8 +121,11 @@ def copy_rows(x: torch.Tensor, copies: torch.Tensor) -> torch.Tensor:
 
 def chunked_logprobs(lm_head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
                      chunk_size: int = 1024, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, H) hidden states and (M,) targets -> (M,) log-probs (and entropies), chunk by chunk."""
-    recompute = torch.is_grad_enabled() and hidden.requires_grad
+    """(M, H) hidden states and (M,) targets -> (M,) log-probs (and entropies), chunk by chunk.
+    With gradients on and more than one chunk, each chunk's logits are recomputed in the backward
+    pass; a single chunk keeps its logits instead (no more memory than the plain version, and one
+    vocabulary-sized product less)."""
+    recompute = torch.is_grad_enabled() and hidden.requires_grad and hidden.shape[0] > chunk_size
     logps, entropies = [], []
     for start in range(0, hidden.shape[0], chunk_size):
         args = (lm_head, hidden[start:start + chunk_size], targets[start:start + chunk_size],

@@ -5,7 +5,10 @@ scored. The report gives, per model: accuracy with a 95% Wilson interval over pr
 rate, reasoning-steps score, language consistency, mean completion length in tokens, the share
 truncated at the budget, and pass@k for k = 1..samples_per_problem (the unbiased estimator of
 Chen et al. 2021: 1 - C(n - c, k) / C(n, k) per problem, averaged). It writes `report.json` and
-`samples.jsonl` to the output folder and prints a table; `--model a,b,c` compares several models.
+`samples.jsonl` to the output folder and prints a table; `--model a,b,c` compares several models,
+and each model after the first is also compared with the first on the same problems (`paired`): the
+mean per-problem difference in accuracy with a 95% interval, problems gained and lost, and the
+two-sided sign test on those (McNemar's exact test when each problem has one greedy answer).
 """
 import json
 import math
@@ -109,8 +112,7 @@ def eval_metrics(model, tokenizer, rows: list[dict], max_new_tokens: int, seed: 
 
 def summarize(records: list[dict], n: int, seconds: float) -> dict:
     mean = lambda xs: sum(xs) / max(1, len(xs))
-    per_problem_acc = [mean([float(a == 1.0) for a in r["accuracy"]]) for r in records]
-    accuracy = mean(per_problem_acc)
+    accuracy = mean(per_problem_accuracy(records))
     low, high = wilson(accuracy, len(records))
     metrics = {
         "problems": len(records), "samples_per_problem": n,
@@ -127,6 +129,26 @@ def summarize(records: list[dict], n: int, seconds: float) -> dict:
     return metrics
 
 
+def paired(first: list[float], other: list[float], z: float = 1.96) -> dict:
+    """`other` against `first`, per-problem accuracies of the same problems in the same order.
+    diff: mean of d_i = other_i - first_i, with mean +- z * sd(d) / sqrt(n) (sd Bessel-corrected);
+    gained/lost: problems where d_i > 0 / < 0; p: two-sided sign test, 2 * P(X <= min) for
+    X ~ Binomial(gained + lost, 1/2), capped at 1 (ties carry no information and are left out)."""
+    n = len(first)
+    assert n == len(other) and n > 1, (n, len(other))
+    d = [b - a for a, b in zip(first, other)]
+    mean = sum(d) / n
+    half = z * math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n)
+    gained, lost = sum(x > 0 for x in d), sum(x < 0 for x in d)
+    m = gained + lost
+    p = min(1.0, 2 * sum(math.comb(m, k) for k in range(min(gained, lost) + 1)) / 2 ** m) if m else 1.0
+    return {"diff": mean, "diff_ci95": [mean - half, mean + half], "gained": gained, "lost": lost, "p_sign_test": p}
+
+
+def per_problem_accuracy(records: list[dict]) -> list[float]:
+    return [sum(a == 1.0 for a in r["accuracy"]) / len(r["accuracy"]) for r in records]
+
+
 def format_table(results: dict[str, dict]) -> str:
     head = f"{'model':<40} {'accuracy (95% CI)':<22} {'format':>7} {'steps':>6} {'lang':>6} {'length':>7}"
     lines = [head, "-" * len(head)]
@@ -134,6 +156,13 @@ def format_table(results: dict[str, dict]) -> str:
         lo, hi = m["accuracy_ci95"]
         lines.append(f"{name[-40:]:<40} {m['accuracy']:.3f} ({lo:.3f}-{hi:.3f})    {m['format_rate']:7.3f} "
                      f"{m['reasoning_steps']:6.2f} {m['language_consistency']:6.2f} {m['mean_length']:7.1f}")
+    first = next(iter(results), None)
+    for name, m in results.items():
+        if "paired" in m:
+            c = m["paired"]
+            lines.append(f"{name[-40:]} vs {first[-40:]}: accuracy {c['diff']:+.3f} (95% CI {c['diff_ci95'][0]:+.3f} "
+                         f"to {c['diff_ci95'][1]:+.3f}), {c['gained']} problems gained, {c['lost']} lost, "
+                         f"sign test p = {c['p_sign_test']:.3g}")
     return "\n".join(lines)
 
 
@@ -142,7 +171,7 @@ def main(config: EvalConfig) -> dict:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples.jsonl").unlink(missing_ok=True)
-    results = {}
+    results, first_accuracy = {}, None
     for name in [m.strip() for m in config.model.split(",") if m.strip()]:
         model, tokenizer = load_model(name, dtype=config.dtype, device=config.device)
         metrics, records = evaluate(model, tokenizer, rows, samples_per_problem=config.samples_per_problem,
@@ -150,6 +179,10 @@ def main(config: EvalConfig) -> dict:
                                     max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                                     seed=config.seed)
         results[name] = metrics
+        if first_accuracy is None:
+            first_accuracy = per_problem_accuracy(records)
+        elif len(records) > 1:
+            metrics["paired"] = paired(first_accuracy, per_problem_accuracy(records))
         for record in records:
             append_jsonl(out / "samples.jsonl", {"model": name, **record})
         del model

@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 from conftest import ROOT
-from recipe.evaluate import pass_at_k, wilson
+from recipe.evaluate import paired, pass_at_k, wilson
 from recipe.sample import best_completions
 from tasks import load_conversations
 
@@ -24,6 +24,20 @@ def test_pass_at_k_and_wilson_by_hand():
     # Wilson, p = 0.5, n = 100: centre 0.5, half = 1.96 sqrt(0.0025 + 0.000096) / 1.038416 = 0.096170
     low, high = wilson(0.5, 100)
     assert abs(low - 0.403830) < 1e-5 and abs(high - 0.596170) < 1e-5
+
+
+def test_paired_comparison_by_hand():
+    # d = other - first = [0, 1, 1, -1, 0]: mean 0.2; squared deviations .04 .64 .64 1.44 .04 sum to 2.8,
+    # sd = sqrt(2.8 / 4) = 0.836660, half-width 1.96 * 0.836660 / sqrt(5) = 0.733365.
+    # 2 gained, 1 lost: p = 2 * P(X <= 1 | n = 3) = 2 * (1 + 3) / 8 = 1.0
+    c = paired([1, 0, 0, 1, 0], [1, 1, 1, 0, 0])
+    assert abs(c["diff"] - 0.2) < 1e-12 and c["gained"] == 2 and c["lost"] == 1 and c["p_sign_test"] == 1.0
+    assert abs(c["diff_ci95"][0] - (0.2 - 0.733365)) < 1e-6 and abs(c["diff_ci95"][1] - (0.2 + 0.733365)) < 1e-6
+    # 6 gained, 0 lost, 2 ties: p = 2 * P(X = 0 | n = 6) = 2 / 64
+    c = paired([0] * 6 + [1, 0], [1] * 6 + [1, 0])
+    assert c["gained"] == 6 and c["lost"] == 0 and c["p_sign_test"] == 2 / 64
+    # fractions (several samples per problem) count by sign; a model against itself: no difference, p 1
+    assert paired([0.25, 0.5], [0.5, 0.5])["gained"] == 1 and paired([0.3, 0.7], [0.3, 0.7])["p_sign_test"] == 1.0
 
 
 def test_run_py_sample_keeps_sft_ready_pairs(tmp_path):
