@@ -6,8 +6,8 @@
 Config (issue 5): 1 prompt x G = 8, 128 new tokens (EOS suppressed so every sequence runs the
 full budget), beta 0.04 (so the reference forward is timed), float32, one update per batch.
 Phases: sampling, reference forward, policy forward+backward, optimizer step. Prints the median
-over --steps steps, then decode-step latency and tokens/s of our sampler and of HF generate on
-the same prompt batch. Then, side by side, TRL 1.16's GRPOTrainer on the identical config (every
+over --steps steps, then decode-step latency and tokens/s of our sampler (its lean decoding step,
+then the model's own forward, lm/decode.py) and of HF generate on the same prompt batch. Then, side by side, TRL 1.16's GRPOTrainer on the identical config (every
 completion forced to the full budget with min_new_tokens), once with its defaults (gradient
 checkpointing on) and once with it off: median seconds per step and in `generate`. TRL runs in its own
 virtual environment (.venv-trl, created on first use by bench/trl_env.py; or the python named by
@@ -111,12 +111,15 @@ def main():
         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=T, min_new_tokens=T,
                        do_sample=True, pad_token_id=tok.pad_token_id)
         hf = clock() - t0
-    t0 = clock()
-    sample(model, prompts, group_size=G, max_new_tokens=T, temperature=1.0, eos_token_id=never)
-    ours = clock() - t0
+    timings = {}
+    for lean in (True, False):
+        t0 = clock()
+        sample(model, prompts, group_size=G, max_new_tokens=T, temperature=1.0, eos_token_id=never, lean=lean)
+        timings[lean] = clock() - t0
     n = B * G
-    print(f"sampling {n} x {T} tokens: ours {ours:.2f} s ({1000 * ours / T:.1f} ms/step, {n * T / ours:.0f} tok/s), "
-          f"HF generate {hf:.2f} s ({1000 * hf / T:.1f} ms/step, {n * T / hf:.0f} tok/s)", flush=True)
+    rate = lambda seconds: f"{seconds:.2f} s ({1000 * seconds / T:.1f} ms/step, {n * T / seconds:.0f} tok/s)"
+    print(f"sampling {n} x {T} tokens: ours {rate(timings[True])}, ours through the model's forward "
+          f"{rate(timings[False])}, HF generate {rate(hf)}", flush=True)
     if args.no_trl:
         return
     ours_step = statistics.median(phases["step"])

@@ -3,6 +3,7 @@
 - `loading`: load a model and tokenizer by name (built-in, hub id, local folder, tiny test model).
 - `chat`: the R1 system prompt and the one prompt rendering used for training and sampling.
 - `sampling`: batched sampling with a KV cache (P prompts x G completions).
+- `decode`: the lean decoding step the sampler uses for Llama-family models.
 - `logprobs`: per-token log-probs of given tokens, computed in chunks.
 - `checkpoint`: atomic checkpoints that transformers loads, plus the training state.
 """

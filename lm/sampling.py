@@ -11,7 +11,9 @@ padding), T new tokens, V vocabulary.
    tokens up to and including that first EOS, also when pad == eos. A sequence with no EOS within the
    budget is truncated.
 
-Two things keep a decoding step close to the cost of reading the weights once:
+Three things keep a decoding step close to the cost of reading the weights once:
+- Llama-family models decode with `LeanDecoder` (lm/decode.py): fused, prepacked weights and ~15
+  ops per layer instead of transformers' forward, 2.5x faster per step on a CPU;
 - the KV cache is allocated once for P + T positions (`PreallocatedLayer`): a step writes one column
   in place, where transformers' DynamicCache concatenates, i.e. copies the whole cache, every step;
 - finished sequences leave the batch (their rows of the cache are dropped) once a quarter of the
@@ -23,6 +25,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from lm.decode import LeanDecoder
 from lm.logprobs import linear_head
 
 
@@ -131,9 +134,10 @@ def last_logits(model, **inputs) -> torch.Tensor:
 def sample(model, prompts: list[list[int]], *, group_size: int = 1, max_new_tokens: int = 128,
            temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, eos_token_id: int,
            pad_token_id: int | None = None, generator: torch.Generator | None = None,
-           drop_finished: bool = True) -> Samples:
+           drop_finished: bool = True, lean: bool = True) -> Samples:
     """Sample `group_size` completions for each tokenised prompt (see the module docstring).
-    `drop_finished=False` keeps finished sequences in the batch (same tokens, more compute)."""
+    `drop_finished=False` keeps finished sequences in the batch (same tokens, more compute);
+    `lean=False` runs every decoding step through the model's own forward."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("sample() needs at least one prompt and no empty prompt")
     device = next(model.parameters()).device
@@ -154,6 +158,7 @@ def sample(model, prompts: list[list[int]], *, group_size: int = 1, max_new_toke
     attention = torch.ones((N, P + T), dtype=torch.long, device=device)         # preallocated
     attention[:, :P] = prompt_mask.repeat_interleave(G, 0)
     position = positions[:, -1:].repeat_interleave(G, 0)                         # (N, 1)
+    decoder = LeanDecoder(model, N) if lean and T > 1 and LeanDecoder.supports(model) else None
 
     tokens = torch.full((N, T), pad_id, dtype=torch.long, device=device)
     running = torch.arange(N, device=device)   # rows of `tokens` still in the batch, in batch order
@@ -171,8 +176,12 @@ def sample(model, prompts: list[list[int]], *, group_size: int = 1, max_new_toke
             cache.batch_select_indices(keep)
             running, finished, position, attention = running[keep], finished[keep], position[keep], attention[keep]
         position = position + 1
-        logits = last_logits(model, input_ids=tokens[running, t:t + 1], attention_mask=attention[:, :P + t + 1],
-                             position_ids=position, past_key_values=cache, use_cache=True)  # (n, V)
+        if decoder is not None:
+            logits = decoder.step(tokens[running, t], position, cache, attention[:, :P + t + 1])  # (n, V)
+        else:
+            logits = last_logits(model, input_ids=tokens[running, t:t + 1], attention_mask=attention[:, :P + t + 1],
+                                 position_ids=position, past_key_values=cache, use_cache=True)
+
 
     tokens = tokens[:, :steps]
     mask, truncated = completion_mask_from(tokens, eos_token_id)
