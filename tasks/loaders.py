@@ -4,6 +4,7 @@ Specs:
     arithmetic            the built-in task, levels 1-3 (see tasks/arithmetic.py)
     arithmetic:4          one level;  arithmetic:3-5  a range of levels
     arithmetic:3x4        level 3's problems with 4 operands (any level or range, then xK)
+    arithmetic:3+3x4      a mix: the parts' problems in turn (here level 3, then 3x4, then level 3...)
     path/to/file.jsonl    a local .jsonl, .json or .parquet file
     owner/name            a Hugging Face hub dataset (needs the hub)
 
@@ -41,6 +42,18 @@ def parse_arithmetic_spec(spec: str) -> dict | None:
     except ValueError:
         raise DataError(f"dataset {spec!r}: write arithmetic:L, arithmetic:A-B (levels 1..5), "
                         f"optionally followed by xK for K operands") from None
+
+
+def arithmetic_problems(spec: str, split: str, limit: int | None, seed: int) -> list[dict] | None:
+    """The built-in task's rows for an `arithmetic...` spec (parts joined by + taken in turn); None
+    if the spec is something else."""
+    if not spec.startswith("arithmetic:") or "+" not in spec:
+        arithmetic = parse_arithmetic_spec(spec)
+        return None if arithmetic is None else arithmetic_rows(split, limit or 1000, seed=seed, **arithmetic)
+    parts = spec.split(":", 1)[1].split("+")
+    n = limit or 1000
+    each = [arithmetic_problems(f"arithmetic:{part}", split, -(-n // len(parts)), seed) for part in parts]
+    return [row for turn in zip(*each) for row in turn][:n]
 
 
 def read_rows(spec: str, split: str = "train") -> list[dict]:
@@ -85,9 +98,9 @@ def require(rows: list[dict], columns: tuple[str, ...], source: str) -> None:
 
 def load_math(spec: str, split: str = "train", limit: int | None = None, seed: int = 0) -> list[dict]:
     """Rows with `problem` and `solution` (the gold answer in `\\boxed{}` or plain)."""
-    arithmetic = parse_arithmetic_spec(spec)
+    arithmetic = arithmetic_problems(spec, split, limit, seed)
     if arithmetic is not None:
-        return arithmetic_rows(split, limit or 1000, seed=seed, **arithmetic)
+        return arithmetic
     rows = read_rows(spec, split)[:limit]
     require(rows, ("problem", "solution"), spec)
     return rows
@@ -121,13 +134,13 @@ def to_messages(row: dict, index: int, source: str) -> list[dict]:
 def load_conversations(spec: str, split: str = "train", limit: int | None = None,
                        seed: int = 0) -> list[dict]:
     """Rows with `messages`; the built-in task gives its worked R1-format solutions."""
-    arithmetic = parse_arithmetic_spec(spec)
+    arithmetic = arithmetic_problems(spec, split, limit, seed)
     if arithmetic is not None:
         return [{"messages": [{"role": "system", "content": SYSTEM_PROMPT},
                               {"role": "user", "content": r["problem"]},
                               {"role": "assistant", "content": r["worked"]}],
                  "problem": r["problem"], "solution": r["solution"]}
-                for r in arithmetic_rows(split, limit or 1000, seed=seed, **arithmetic)]
+                for r in arithmetic]
     rows = read_rows(spec, split)[:limit]
     if not rows:
         raise DataError(f"{spec}: no rows")
