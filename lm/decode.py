@@ -111,8 +111,8 @@ class LeanDecoder:
             q, k, v = layer["qkv"](rms_norm(h, layer["norm1"], self.eps)).split([Hq * D, Hkv * D, Hkv * D], -1)
             q = rotate(q.view(n, Hkv, Hq // Hkv, D), cos, sin)   # (n, Hkv, G, D): query heads by their kv head
             k, v = cached.update(rotate(k.view(n, Hkv, 1, D), cos, sin), v.view(n, Hkv, 1, D))  # (n, Hkv, L, D)
-            scores = torch.matmul(q, k.transpose(-1, -2)).mul_(layer["scale"]).add_(mask)      # (n, Hkv, G, L)
-            h = h + layer["o"](torch.matmul(scores.softmax(-1), v).reshape(n, Hq * D))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=layer["scale"])  # (n, Hkv, G, D)
+            h = h + layer["o"](out.reshape(n, Hq * D))
             gate, up = layer["gate_up"](rms_norm(h, layer["norm2"], self.eps)).chunk(2, -1)
             h = h + layer["down"](F.silu(gate).mul_(up))
         return self.head(self.body.norm(h))                                           # (n, V)
