@@ -3,7 +3,7 @@ import math
 
 from rewards import events
 from rewards.text import as_text, column
-from rewards.verify import default_verifier, extract_answer
+from rewards.verify import default_verifier, extract_answer, is_unevaluated
 
 
 def correctness(completions: list, solution: list, reward: str = "accuracy") -> list[float]:
@@ -11,6 +11,10 @@ def correctness(completions: list, solution: list, reward: str = "accuracy") -> 
     texts = [as_text(c, reward) for c in completions]
     golds = column({"solution": solution}, "solution", len(texts))
     answers = [extract_answer(t) for t in texts]
+    for i, a in enumerate(answers):
+        if a and is_unevaluated(a):
+            answers[i] = None  # arithmetic left undone is no answer
+            events.count(f"{reward}/unevaluated")
     pending = [(i, str(g), a) for i, (g, a) in enumerate(zip(golds, answers)) if g is not None and a]
     out = [0.0] * len(texts)
     for i, g in enumerate(golds):
@@ -29,7 +33,9 @@ def accuracy_reward(completions: list, solution: list | None = None, **columns) 
     """1.0 if the completion's answer equals the gold solution, else 0.0.
 
     The answer is the content of the last <answer>...</answer> (no tag: the last \\boxed{}; neither:
-    no answer, 0.0). It is never looked for in the reasoning. Answer and gold are parsed with
+    no answer, 0.0). It is never looked for in the reasoning. An answer that still holds arithmetic on
+    plain numbers (`9 + 1 + 9 * 6`, the question copied into the tag) is no answer: 0.0, counted as
+    `accuracy/unevaluated` (math-verify would evaluate it, and GRPO learns to copy the question). Answer and gold are parsed with
     math-verify as LaTeX or as plain expressions (`14`, `$14$`, `\\boxed{14}`, `\\frac{1}{2}` vs 0.5)
     and compared with `verify`. A gold solution that cannot be parsed gives 0.5 (the tutorial's
     neutral value) and is counted as `accuracy/gold_unparsable`; a verification that runs out of its

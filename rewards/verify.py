@@ -15,6 +15,10 @@ from collections import OrderedDict
 
 ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 STATUSES = ("correct", "wrong", "gold_unparsable", "timeout", "error")
+# Two plain numbers joined by +, -, * (or \times, \cdot, x-sign): arithmetic left undone. A number is
+# plain when no letter, brace, caret or dot touches it, so x^2+3x, \frac{1}{2}+1, 3+2i and
+# 6.02 \times 10^{23} are not matched.
+UNEVALUATED = re.compile(r"(?<![\w.^{}])\d+(?:\.\d+)?\s*(?:[-+*\u00d7]|\\times|\\cdot)\s*\d+(?:\.\d+)?(?![\w.^{(])")
 
 
 def extract_answer(text: str) -> str | None:
@@ -23,6 +27,13 @@ def extract_answer(text: str) -> str | None:
     if tags:
         return tags[-1].strip()
     return last_boxed(text)
+
+
+def is_unevaluated(answer: str) -> bool:
+    """True for an answer that still holds arithmetic on plain numbers, such as the question copied
+    into the tag (`<answer>9 + 1 + 9 * 6</answer>`): math-verify would evaluate it and call it right,
+    and GRPO finds that shortcut. The accuracy reward scores it 0.0."""
+    return UNEVALUATED.search(answer) is not None
 
 
 def last_boxed(text: str) -> str | None:

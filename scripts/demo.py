@@ -1,15 +1,15 @@
 """The main job on the built-in defaults (`make demo`): a short cold-start SFT of the built-in model
 on the arithmetic task's worked solutions, then `python run.py grpo --group-size 8` from its
-checkpoint, then both models on held-out problems with more operands than the SFT data (level 3's
-rules with 4 operands, `arithmetic:3x4`), printing accuracy before and after with a paired
-comparison on the same problems.
+checkpoint, then both models on two held-out sets: level 3 (the problems GRPO trains on, unseen ones)
+and problems with more operands than the SFT data (level 3's rules with 4 operands, `arithmetic:3x4`),
+printing accuracy before and after with a paired comparison on the same problems.
 
 Each stage is the plain command line, so what it runs is what a user types. GRPO trains on level-3
 problems (3 operands), where the SFT model is right about a third of the time, so most groups of 8
 hold both right and wrong answers; at 4 operands it is right a few times in a hundred and groups
 seldom differ. The held-out accuracy is pass@1 as the R1 paper measures it (4 samples per problem at
 temperature 0.6, top-p 0.95). On the 2-core CPU this takes about 30 minutes (SFT ~6, GRPO 12, the
-two evaluations ~8); `--quick` runs every stage for a couple of steps on a few problems.
+evaluations ~8); `--quick` runs every stage for a couple of steps on a few problems.
 """
 import argparse
 import json
@@ -42,23 +42,26 @@ def main() -> None:
         "--reward-funcs", "accuracy,format", "--reward-weights", "1,0.5", "--max-steps", "500",
         "--max-minutes", grpo_minutes, "--save-every", "500", "--eval-every", "-1", "--output-dir", str(grpo))
     final = max(grpo.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    run("eval", "--model", f"{sft},{final}", "--dataset", "arithmetic:3x4", "--num-problems", problems,
-        "--samples-per-problem", "4", "--temperature", "0.6", "--top-p", "0.95", "--max-new-tokens", "128",
-        "--batch-size", "50", "--output-dir", str(out / "eval"))
+    held_out = {"arithmetic:3": "level 3, the level GRPO trains on",
+                "arithmetic:3x4": "4 operands; the SFT data has 2-3"}
+    for dataset in held_out:
+        run("eval", "--model", f"{sft},{final}", "--dataset", dataset, "--num-problems", problems,
+            "--samples-per-problem", "4", "--temperature", "0.6", "--top-p", "0.95", "--max-new-tokens", "128",
+            "--batch-size", "50", "--output-dir", str(out / f"eval-{dataset.split(':')[1]}"))
 
     steps = [json.loads(line) for line in (grpo / "metrics.jsonl").read_text().splitlines()]
     quarter = max(1, len(steps) // 4)
     first, last = (sum(s["reward/accuracy"] for s in part) / len(part) for part in (steps[:quarter], steps[-quarter:]))
-    report = json.loads((out / "eval" / "report.json").read_text())["models"]
-    before, after = report[str(sft)], report[str(final)]
     print(f"\nGRPO: {len(steps)} steps; accuracy of its own samples (level 3, T=1) {first:.3f} in the first "
           f"quarter of the steps -> {last:.3f} in the last")
-    print(f"held-out arithmetic:3x4 ({problems} problems x 4 samples; the SFT data has 2-3 operands), "
-          f"SFT -> GRPO:")
-    print(f"  pass@1       {before['accuracy']:.3f} -> {after['accuracy']:.3f}   (paired difference "
-          f"{after['paired']['diff']:+.3f}, 95% CI {after['paired']['diff_ci95'][0]:+.3f} to "
-          f"{after['paired']['diff_ci95'][1]:+.3f}, sign test p = {after['paired']['p_sign_test']:.3g})")
-    print(f"  format rate  {before['format_rate']:.3f} -> {after['format_rate']:.3f}")
+    for dataset, what in held_out.items():
+        report = json.loads((out / f"eval-{dataset.split(':')[1]}" / "report.json").read_text())["models"]
+        before, after = report[str(sft)], report[str(final)]
+        print(f"held-out {dataset} ({what}), {problems} problems x 4 samples, SFT -> GRPO:")
+        print(f"  pass@1       {before['accuracy']:.3f} -> {after['accuracy']:.3f}   (paired difference "
+              f"{after['paired']['diff']:+.3f}, 95% CI {after['paired']['diff_ci95'][0]:+.3f} to "
+              f"{after['paired']['diff_ci95'][1]:+.3f}, sign test p = {after['paired']['p_sign_test']:.3g})")
+        print(f"  format rate  {before['format_rate']:.3f} -> {after['format_rate']:.3f}")
     print(f"curves: {grpo / 'training_curves.png'}")
 
 

@@ -8,7 +8,7 @@ from rewards import (accuracy_reward, build_rewards, format_reward, get_cosine_s
                      get_repetition_penalty_reward, get_soft_overlong_reward, language_consistency_reward,
                      reasoning_steps_reward, score, tag_count_reward)
 from rewards import events
-from rewards.verify import Verifier, extract_answer
+from rewards.verify import Verifier, extract_answer, is_unevaluated
 
 ALL = build_rewards(["accuracy", "format", "reasoning_steps", "cosine", "repetition_penalty",
                      "language_consistency", "tag_count", "soft_overlong"], max_completion_length=64)
@@ -32,6 +32,22 @@ def test_accuracy_never_takes_a_number_from_the_reasoning():
                    "I believe the result is 14.",                     # plain text, no tag, no box
                    "<answer>13</answer> then <answer>14</answer>"]    # the last tag counts
     assert accuracy_reward(completions, solution=gold) == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_the_question_copied_into_the_answer_is_no_answer():
+    # A 2-step SFT model's GRPO samples wrote "<answer>9 + 1 + 9 * 6</answer>" for "What is 9 + 1 + 9 * 6?":
+    # math-verify evaluates the expression to 64 and called it right.
+    events.take()
+    gold = ["\\boxed{64}"] * 4
+    completions = ["<answer>9 + 1 + 9 * 6</answer>", "<answer>10 + 54</answer>", "\\boxed{8 \\times 8}",
+                   "<answer>64</answer>"]
+    assert accuracy_reward(completions, solution=gold) == [0.0, 0.0, 0.0, 1.0]
+    assert events.take() == {"accuracy/unevaluated": 3}
+    for final in ["-5", "\\frac{1}{2}", "x^2+3x+2", "6.02 \\times 10^{23}", "3+2i", "2\\sqrt{3}", "\\frac{1}{2}+1",
+                  "1/2", "(1, 2)", "10^{3} - 1"]:
+        assert not is_unevaluated(final), final
+    for undone in ["12*7", "5 - 3", "4 \\cdot 5", "3.5+1", "2 \u00d7 3"]:
+        assert is_unevaluated(undone), undone
 
 
 def test_unparsable_gold_gives_half_and_is_counted():
