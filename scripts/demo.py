@@ -44,7 +44,9 @@ def main() -> None:
         "--max-completion-length", "128", "--temperature", "1.0", "--learning-rate", "2e-5",
         "--reward-funcs", "accuracy,format", "--reward-weights", "1,0.5", "--max-steps", "500",
         "--max-minutes", grpo_minutes, "--save-every", "500", "--eval-every", "-1", "--output-dir", str(grpo))
-    final = max(grpo.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    # this run's last step, not the highest-numbered folder: an earlier, longer run may have left one
+    steps = [json.loads(line) for line in (grpo / "metrics.jsonl").read_text().splitlines()]
+    final = grpo / f"checkpoint-{steps[-1]['step']}"
     held_out = {"arithmetic:3": "level 3, the level GRPO trains on",
                 "arithmetic:3x4": "4 operands; the SFT data has 2-3"}
     for dataset in held_out:
@@ -52,7 +54,6 @@ def main() -> None:
             "--samples-per-problem", "4", "--temperature", "1.0", "--max-new-tokens", "128",
             "--batch-size", "50", "--output-dir", str(out / f"eval-{dataset.split(':')[1]}"))
 
-    steps = [json.loads(line) for line in (grpo / "metrics.jsonl").read_text().splitlines()]
     quarter = max(1, len(steps) // 4)
     first, last = (sum(s["reward/accuracy"] for s in part) / len(part) for part in (steps[:quarter], steps[-quarter:]))
     print(f"\nGRPO: {len(steps)} steps; accuracy of its own samples (level 3, T=1) {first:.3f} in the first "
