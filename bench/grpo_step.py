@@ -7,9 +7,10 @@ Config (issue 5): 1 prompt x G = 8, 128 new tokens (EOS suppressed so every sequ
 full budget), beta 0.04 (so the reference forward is timed), float32, one update per batch.
 Phases: sampling, reference forward, policy forward+backward, optimizer step. Prints the median
 over --steps steps, then decode-step latency and tokens/s of our sampler (its lean decoding step,
-then the model's own forward, lm/decode.py) and of HF generate on the same prompt batch. Then, side by side, TRL 1.16's GRPOTrainer on the identical config (every
-completion forced to the full budget with min_new_tokens), once with its defaults (gradient
-checkpointing on) and once with it off: median seconds per step and in `generate`. TRL runs in its own
+then the model's own forward, lm/decode.py) and of HF generate on the same prompt batch. Then, side
+by side, TRL 1.16's GRPOTrainer on the identical config (every completion forced to the full budget
+with min_new_tokens), once with its defaults (gradient checkpointing on) and once with it off: median
+seconds per step and in `generate`. TRL runs in its own
 virtual environment (.venv-trl, created on first use by bench/trl_env.py; or the python named by
 $TRL_PYTHON, as on a GPU machine with no package index).
 

@@ -13,7 +13,7 @@ padding), T new tokens, V vocabulary.
 
 Three things keep a decoding step close to the cost of reading the weights once:
 - Llama-family models decode with `LeanDecoder` (lm/decode.py): fused, prepacked weights and ~15
-  ops per layer instead of transformers' forward, 2.5x faster per step on a CPU;
+  ops per layer instead of transformers' forward, about 2x faster per step on a CPU;
 - the KV cache is allocated once for P + T positions (`PreallocatedLayer`): a step writes one column
   in place, where transformers' DynamicCache concatenates, i.e. copies the whole cache, every step;
 - finished sequences leave the batch (their rows of the cache are dropped) once a quarter of the
@@ -181,7 +181,6 @@ def sample(model, prompts: list[list[int]], *, group_size: int = 1, max_new_toke
         else:
             logits = last_logits(model, input_ids=tokens[running, t:t + 1], attention_mask=attention[:, :P + t + 1],
                                  position_ids=position, past_key_values=cache, use_cache=True)
-
 
     tokens = tokens[:, :steps]
     mask, truncated = completion_mask_from(tokens, eos_token_id)

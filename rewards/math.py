@@ -35,11 +35,11 @@ def accuracy_reward(completions: list, solution: list | None = None, **columns) 
     The answer is the content of the last <answer>...</answer> (no tag: the last \\boxed{}; neither:
     no answer, 0.0). It is never looked for in the reasoning. An answer that still holds arithmetic on
     plain numbers (`9 + 1 + 9 * 6`, the question copied into the tag) is no answer: 0.0, counted as
-    `accuracy/unevaluated` (math-verify would evaluate it, and GRPO learns to copy the question). Answer and gold are parsed with
-    math-verify as LaTeX or as plain expressions (`14`, `$14$`, `\\boxed{14}`, `\\frac{1}{2}` vs 0.5)
-    and compared with `verify`. A gold solution that cannot be parsed gives 0.5 (the tutorial's
-    neutral value) and is counted as `accuracy/gold_unparsable`; a verification that runs out of its
-    time limit gives 0.0 and is counted as `accuracy/timeout`.
+    `accuracy/unevaluated` (math-verify would evaluate it, and GRPO learns to copy the question).
+    Answer and gold are parsed with math-verify as LaTeX or as plain expressions (`14`, `$14$`,
+    `\\boxed{14}`, `\\frac{1}{2}` vs 0.5) and compared with `verify`. A gold solution that cannot be
+    parsed gives 0.5 (the tutorial's neutral value) and is counted as `accuracy/gold_unparsable`; a
+    verification that runs out of its time limit gives 0.0 and is counted as `accuracy/timeout`.
     """
     return correctness(completions, solution)
 

@@ -49,17 +49,18 @@ def main() -> None:
     final = grpo / f"checkpoint-{steps[-1]['step']}"
     held_out = {"arithmetic:3": "level 3, the level GRPO trains on",
                 "arithmetic:3x4": "4 operands; the SFT data has 2-3"}
+    eval_dir = lambda dataset: out / f"eval-{dataset.split(':')[1]}"
     for dataset in held_out:
         run("eval", "--model", f"{sft},{final}", "--dataset", dataset, "--num-problems", problems,
             "--samples-per-problem", "4", "--temperature", "1.0", "--max-new-tokens", "128",
-            "--batch-size", "50", "--output-dir", str(out / f"eval-{dataset.split(':')[1]}"))
+            "--batch-size", "50", "--output-dir", str(eval_dir(dataset)))
 
     quarter = max(1, len(steps) // 4)
     first, last = (sum(s["reward/accuracy"] for s in part) / len(part) for part in (steps[:quarter], steps[-quarter:]))
     print(f"\nGRPO: {len(steps)} steps; accuracy of its own samples (level 3, T=1) {first:.3f} in the first "
           f"quarter of the steps -> {last:.3f} in the last")
     for dataset, what in held_out.items():
-        report = json.loads((out / f"eval-{dataset.split(':')[1]}" / "report.json").read_text())["models"]
+        report = json.loads((eval_dir(dataset) / "report.json").read_text())["models"]
         before, after = report[str(sft)], report[str(final)]
         print(f"held-out {dataset} ({what}), {problems} problems x 4 samples at T=1, SFT -> GRPO:")
         print(f"  pass@1       {before['accuracy']:.3f} -> {after['accuracy']:.3f}   (paired difference "
