@@ -10,9 +10,12 @@ CHARACTER_SCRIPTS = {"CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYA
 
 
 def get_repetition_penalty_reward(ngram_size: int = 3, max_penalty: float = -0.1):
-    """(1 - unique / total) * max_penalty over lower-cased word n-grams; fewer than n words gives 0.
+    """(1 - unique / total) * max_penalty over lower-cased n-grams of words; fewer than n words gives 0.
 
+    A word is a whitespace-separated run of text, except in scripts written without spaces (Chinese,
+    Japanese, Thai, ...: CHARACTER_SCRIPTS), where each character is a word (see `words_of`).
     "the answer is the answer is the answer is 14": 8 trigrams, 4 distinct -> 0.5 * -0.1 = -0.05.
+    "这个这个这个这个这个": 10 characters, 8 trigrams, 2 distinct -> 0.75 * -0.1 = -0.075.
     """
     if max_penalty > 0:
         raise ValueError(f"max_penalty {max_penalty} must be <= 0")
@@ -20,7 +23,7 @@ def get_repetition_penalty_reward(ngram_size: int = 3, max_penalty: float = -0.1
     def repetition_penalty_reward(completions: list, **columns) -> list[float]:
         rewards = []
         for completion in completions:
-            words = as_text(completion, "repetition_penalty").lower().split()
+            words = words_of(as_text(completion, "repetition_penalty").lower())
             if len(words) < ngram_size:
                 rewards.append(0.0)
                 continue
@@ -39,6 +42,23 @@ def script_of(ch: str) -> str | None:
         return unicodedata.name(ch).split()[0]
     except ValueError:
         return None
+
+
+def words_of(text: str) -> list[str]:
+    """Whitespace-separated words, with every character of a CHARACTER_SCRIPTS script a word of its
+    own: "I said 你好吗" -> ["I", "said", "你", "好", "吗"]."""
+    out = []
+    for word in text.split():
+        current = ""
+        for ch in word:
+            if script_of(ch) in CHARACTER_SCRIPTS:
+                out += [current, ch] if current else [ch]
+                current = ""
+            else:
+                current += ch
+        if current:
+            out.append(current)
+    return out
 
 
 def script_words(text: str) -> Counter:

@@ -1,19 +1,31 @@
 """Answer extraction and math-verify under a hard time limit that works off the main thread.
 
 math-verify's own timeout uses `signal.alarm`, which works only in the main thread, and some inputs
-make sympy run for minutes. So parsing and verification run in one child process; the parent waits
-for each item at most `timeout` seconds, and on a timeout kills the child, scores that item as
-"timeout" and restarts the child for the remaining items. A crash of the child is handled the same
-way ("error"). Results are memoised by (gold, answer), so the cosine reward's correctness check after
-the accuracy reward costs nothing.
+make sympy run for minutes. So parsing and verification run in one worker process (a fresh Python
+interpreter, `rewards/verify_worker.py`); the parent waits for each item at most `timeout` seconds,
+and on a timeout kills the worker, scores that item as "timeout" and restarts the worker for the
+remaining items. A crash of the worker is handled the same way ("error"). Results are memoised by
+(gold, answer), so the cosine reward's correctness check after the accuracy reward costs nothing.
+
+The answer contract: an answer is read only outside the reasoning. Closed `<think>...</think>`
+blocks, an unclosed `<think>` to the end of the text (a completion cut off mid-reasoning), and
+everything before a `</think>` that was never opened (a prompt that ends with `<think>`) are
+reasoning; the answer is the last `<answer>...</answer>` in what is left, else its last `\\boxed{}`.
 """
 import atexit
-import multiprocessing as mp
+import os
 import re
+import subprocess
+import sys
+import tempfile
 import threading
 from collections import OrderedDict
+from multiprocessing.connection import Connection
+from pathlib import Path
 
+WORKER = Path(__file__).with_name("verify_worker.py")
 ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
+THINK_BLOCK = re.compile(r"<think>.*?</think>", re.S)
 STATUSES = ("correct", "wrong", "gold_unparsable", "timeout", "error")
 # Two plain numbers joined by +, -, * (or \times, \cdot, x-sign): arithmetic left undone. A number is
 # plain when no letter, brace, caret or dot touches it, so x^2+3x, \frac{1}{2}+1, 3+2i and
@@ -21,8 +33,18 @@ STATUSES = ("correct", "wrong", "gold_unparsable", "timeout", "error")
 UNEVALUATED = re.compile(r"(?<![\w.^{}])\d+(?:\.\d+)?\s*(?:[-+*\u00d7]|\\times|\\cdot)\s*\d+(?:\.\d+)?(?![\w.^{(])")
 
 
+def outside_reasoning(text: str) -> str:
+    """The text with every part of the reasoning removed (see the module docstring)."""
+    if "</think>" in text.split("<think>", 1)[0]:  # reasoning opened by the prompt, closed here
+        text = text.split("</think>", 1)[1]
+    text = THINK_BLOCK.sub(" ", text)
+    return text.split("<think>", 1)[0]  # an unclosed block runs to the end
+
+
 def extract_answer(text: str) -> str | None:
-    """The last <answer>...</answer>'s content; without a tag, the last \\boxed{...}; else None."""
+    """Outside the reasoning: the last <answer>...</answer>'s content; without a tag, the last
+    \\boxed{...}; else None."""
+    text = outside_reasoning(text)
     tags = ANSWER_TAG.findall(text)
     if tags:
         return tags[-1].strip()
@@ -48,67 +70,78 @@ def last_boxed(text: str) -> str | None:
     return None  # unbalanced braces: no answer
 
 
-def _worker(conn) -> None:
-    """Child process: receive [(index, gold, answer)], send (index, status) for each in turn."""
-    import logging
-    from functools import lru_cache
-
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    config = [LatexExtractionConfig(), ExprExtractionConfig()]
-
-    @lru_cache(maxsize=4096)
-    def parsed(text: str):
-        result = parse(text, extraction_config=config, parsing_timeout=None)
-        if not result and "\\" in text and "$" not in text:  # bare LaTeX such as \frac{1}{2}
-            result = parse(f"${text}$", extraction_config=config, parsing_timeout=None)
-        return result
-
-    conn.send("ready")
-    while True:
-        try:
-            items = conn.recv()
-        except EOFError:
-            return
-        for index, gold, answer in items:
-            try:
-                gold_parsed = parsed(gold)
-                if not gold_parsed:
-                    status = "gold_unparsable"
-                else:
-                    ok = verify(gold_parsed, parsed(answer), timeout_seconds=None)
-                    status = "correct" if ok else "wrong"
-            except Exception:  # a sympy failure on one item scores that item, never the batch
-                status = "error"
-            conn.send((index, status))
-
-
 class Verifier:
-    def __init__(self, timeout: float = 5.0, cache_size: int = 65536):
-        self.timeout = timeout
+    """Parse and verify (gold, answer) pairs in a worker process, each item under a hard time limit.
+
+    The worker is a fresh interpreter running `rewards/verify_worker.py` (see its docstring), started
+    with `subprocess`: fork-then-exec, so no Python code runs in a forked copy of a process that holds
+    torch threads, and the caller's main module is never imported again. `python` is the interpreter
+    to start (the caller's own by default).
+    """
+
+    def __init__(self, timeout: float = 5.0, cache_size: int = 65536, python: str = sys.executable,
+                 start_timeout: float = 120.0):
+        self.timeout, self.python, self.start_timeout = timeout, python, start_timeout
         self._lock = threading.Lock()
-        self._process = None
-        self._conn = None
+        self._process = self._send = self._recv = None
         self._cache: OrderedDict = OrderedDict()
         self._cache_size = cache_size
 
     def _start(self) -> None:
-        ctx = mp.get_context("spawn")  # no fork of a process that holds torch threads
-        parent, child = ctx.Pipe()
-        self._process = ctx.Process(target=_worker, args=(child,), daemon=True)
-        self._process.start()
-        child.close()
-        self._conn = parent
-        # importing sympy and math-verify takes a few seconds: not part of any item's time limit
-        if not parent.poll(120) or parent.recv() != "ready":
+        to_worker_r, to_worker_w = os.pipe()
+        from_worker_r, from_worker_w = os.pipe()
+        self._stderr = tempfile.TemporaryFile()  # what the worker says if it dies; a file never fills up
+        self._send = Connection(to_worker_w, readable=False)
+        self._recv = Connection(from_worker_r, writable=False)
+        try:
+            self._process = subprocess.Popen(
+                [self.python, str(WORKER), str(to_worker_r), str(from_worker_w)],
+                pass_fds=(to_worker_r, from_worker_w), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=self._stderr)
+        except OSError as e:
             self.close()
-            raise RuntimeError("the math-verify worker process did not start")
+            raise RuntimeError(f"the math-verify worker could not start: {self.python}: {e}") from None
+        finally:  # the worker's ends of the pipes belong to the worker now
+            os.close(to_worker_r)
+            os.close(from_worker_w)
+        # importing sympy and math-verify takes a few seconds: not part of any item's time limit
+        try:
+            ready = self._recv.poll(self.start_timeout) and self._recv.recv() == "ready"
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            why = self._worker_stderr() or f"no answer within {self.start_timeout:.0f} s"
+            self.close()
+            raise RuntimeError(f"the math-verify worker did not start ({self.python} {WORKER}): {why}")
+
+    def _worker_stderr(self) -> str:
+        """The last line the worker wrote to stderr (after it died), or ''."""
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                return ""
+        self._stderr.seek(0)
+        lines = self._stderr.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else ""
 
     def close(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-            self._process.join()
-            self._process = None
+        """Stop the worker; safe to call twice and from an atexit hook."""
+        process, self._process = getattr(self, "_process", None), None
+        for name in ("_send", "_recv", "_stderr"):
+            handle = getattr(self, name, None)
+            setattr(self, name, None)
+            if handle is not None:
+                try:
+                    handle.close()
+                except OSError:
+                    pass
+        if process is not None and process.poll() is None:
+            try:
+                process.kill()
+                process.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
 
     def check(self, pairs: list[tuple[str, str]]) -> list[str]:
         """One status from STATUSES per (gold, answer) pair."""
@@ -127,13 +160,19 @@ class Verifier:
 
     def _run(self, todo, statuses) -> list:
         """Send the items, collect results; returns the items still to do after a timeout or crash."""
-        if self._process is None or not self._process.is_alive():
+        if self._process is None or self._process.poll() is not None:
+            self.close()
             self._start()
-        self._conn.send(todo)
+        try:
+            self._send.send(todo)
+        except OSError:  # the worker died between two calls: its first item counts as an error
+            statuses[todo[0][0]] = "error"
+            self.close()
+            return todo[1:]
         for done, (index, _, _) in enumerate(todo):
             try:
-                ready = self._conn.poll(self.timeout)
-                result = self._conn.recv() if ready else None
+                ready = self._recv.poll(self.timeout)
+                result = self._recv.recv() if ready else None
             except (EOFError, OSError):
                 result, ready = None, True
             if result is None:

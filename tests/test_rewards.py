@@ -50,10 +50,22 @@ def test_the_question_copied_into_the_answer_is_no_answer():
         assert is_unevaluated(undone), undone
 
 
+def test_the_answer_is_never_read_from_the_reasoning():
+    gold = ["42"] * 6
+    completions = ["<think> My answer is \\boxed{42} </think> Some other text.",    # box inside closed reasoning
+                   "<think> so it is \\boxed{42} and then I ran out of tok",        # cut off mid-reasoning
+                   "<think>guess <answer>42</answer></think><answer>41</answer>",    # a tag inside the reasoning
+                   "<think>I think <answer>42</answer> but wait",                    # a tag in unclosed reasoning
+                   "it is \\boxed{42} </think><answer>41</answer>",                # reasoning opened by the prompt
+                   "<think>\\boxed{41}</think> so \\boxed{42}"]                    # a box after the reasoning counts
+    assert accuracy_reward(completions, solution=gold) == [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    assert extract_answer("<think>x</think><answer>7</answer><think>y") == "7"
+
+
 def test_unparsable_gold_gives_half_and_is_counted():
     events.take()
-    assert accuracy_reward(["<answer>3</answer>"], solution=["no math here at all"]) == [0.5]
-    assert events.take() == {"accuracy/gold_unparsable": 1}
+    assert accuracy_reward(["<answer>3</answer>", "no answer"], solution=["no math here at all"] * 2) == [0.5, 0.5]
+    assert events.take() == {"accuracy/gold_unparsable": 2}
 
 
 def test_extract_answer():
@@ -118,6 +130,17 @@ def test_cosine_follows_the_tutorial_code_not_its_table():
     ], abs=1e-9)
 
 
+def test_cosine_gives_an_unverifiable_group_no_length_signal():
+    # Gold "no math here": accuracy's neutral 0.5. Scored as wrong, the cosine reward would hand out
+    # -0.4997 at 19 characters and -0.139 at 800 (longer is better); now 0.0 for every completion.
+    events.take()
+    fn = get_cosine_scaled_reward()
+    out = fn(["<answer>3</answer>", "<answer>3</answer>" + "x" * 780, "no answer"], solution=["no math here at all"] * 3)
+    assert out == [0.0, 0.0, 0.0]
+    assert events.take() == {"cosine/gold_unparsable": 3}
+    assert fn(["<answer>3</answer>"], solution=None) == [0.0]  # no gold column at all
+
+
 # ---------------------------------------------------------------- repetition
 def test_repetition_penalty_with_corrected_counts():
     fn = get_repetition_penalty_reward()
@@ -126,6 +149,15 @@ def test_repetition_penalty_with_corrected_counts():
               "a a a a a",                                                     # 3 trigrams, 1 distinct -> (2/3) * -0.1
               "two words"])                                                    # fewer than 3 words -> 0
     assert out == pytest.approx([0.0, -0.05, -0.1 * 2 / 3, 0.0], abs=1e-12)
+
+
+def test_repetition_penalty_counts_characters_in_scripts_without_spaces():
+    fn = get_repetition_penalty_reward()
+    out = fn(["这个这个这个这个这个",        # 10 characters: 8 trigrams, 2 distinct (这个这, 个这个) -> 0.75 * -0.1
+              "我们先加三再乘四",            # 8 distinct characters: 6 trigrams, 6 distinct -> 0
+              "ありがとうありがとう",        # 10 kana: 8 trigrams, 5 distinct -> (3/8) * -0.1
+              "so 这个 so 这个 so 这个"])    # so,这,个 x3 = 9 words: 7 trigrams, 3 distinct -> (4/7) * -0.1
+    assert out == pytest.approx([-0.075, 0.0, -0.1 * 3 / 8, -0.1 * 4 / 7], abs=1e-12)
 
 
 # ---------------------------------------------------------------- language

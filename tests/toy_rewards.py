@@ -11,3 +11,12 @@ def vowel_share_if_minus(completions, problem=None, **columns):
     """vowel_share for subtraction problems, a constant 1.0 otherwise (groups with no signal)."""
     shares = vowel_share(completions)
     return [share if "-" in p else 1.0 for share, p in zip(shares, problem)]
+
+
+def verified_gold(completions, solution=None, **columns):
+    """The accuracy reward of a completion that answers with the gold solution's own value (1.0 when
+    the math-verify worker runs in this process's setting; 0.0 and a `failed` count when it breaks)."""
+    from rewards import accuracy_reward
+    from rewards.verify import last_boxed
+    return accuracy_reward([f"<think>a</think><answer>{last_boxed(s) or s}</answer>" for s in solution],
+                           solution=solution)
