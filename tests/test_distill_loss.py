@@ -61,6 +61,23 @@ def test_jsd_by_hand_and_continuous_at_both_ends():
     assert near(1.0) == pytest.approx(REV, abs=1e-6) and near(1 - 1e-4) == pytest.approx(REV, rel=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_jsd_limits_hold_within_1e5_of_both_ends_on_a_real_vocabulary(dtype):
+    # 49,152 words (SmolLM2's vocabulary), 4 positions. Taking log m first and log p - log m after
+    # cancelled: at beta = 1 - 1e-5 the old float32 code missed KL(q || p) by ~45% here (and cast
+    # float64 inputs to float32). With d = log q - log p the small differences are computed directly.
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = (0.5 * torch.randn(1, 4, 49152, generator=gen, dtype=dtype) for _ in range(2))
+    labels = torch.zeros(1, 4, dtype=torch.long)
+    loss = lambda kind, beta=0.5: distillation_loss(student, teacher, labels, kind=kind, beta=beta, alpha=1.0)[0]
+    forward, reverse = loss("forward_kl"), loss("reverse_kl")
+    assert forward.dtype == dtype and loss("jsd").dtype == dtype   # float64 is never cast down
+    # the value at beta = 1 - eps differs from the limit by O(eps) in exact arithmetic: 1e-3 is loose
+    assert loss("jsd", 1 - 1e-5).item() == pytest.approx(reverse.item(), rel=1e-3)
+    assert loss("jsd", 1e-5).item() == pytest.approx(forward.item(), rel=1e-3)
+    assert loss("jsd", 1 - 1e-6).item() == pytest.approx(reverse.item(), rel=1e-3)
+
+
 @pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
 def test_teacher_equal_to_student_gives_zero_kd(kind):
     logits = torch.randn(2, 3, 5)
