@@ -40,7 +40,7 @@ def main(argv: list[str]) -> int:
         config = parse_config(getattr(module, config_name), rest, prog=f"run.py {name}",
                               description=description)
         module.main(config)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as e:
         print(f"error: run.py {name}: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # a run that stopped itself (non-finite losses, a failed stage): say why

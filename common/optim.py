@@ -37,14 +37,27 @@ def make_scheduler(optimizer, kind: str, warmup_steps: int, total_steps: int) ->
         optimizer, lambda step: lr_factor(step, kind, warmup_steps, total_steps))
 
 
-def clipped_step(model, optimizer, scheduler, loss: float, max_grad_norm: float, step: int) -> torch.Tensor:
-    """Clip the gradient norm, step the optimizer unless the loss or the gradient is not finite
-    (then the update is skipped and said), step the schedule, clear the gradients; returns the norm."""
+MAX_BAD_STEPS = 3  # non-finite updates in a row that stop a run
+
+
+def clipped_step(model, optimizer, scheduler, loss: float, max_grad_norm: float, step: int) -> tuple[torch.Tensor, bool]:
+    """Clip the gradient norm, then step the optimizer and the schedule, unless the loss or the gradient
+    is not finite: then the update is skipped (and said) and the schedule stays where it was, so a
+    skipped step costs no learning rate. Clears the gradients; returns (norm, whether it stepped)."""
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
-    if math.isfinite(loss) and torch.isfinite(grad_norm):
+    stepped = math.isfinite(loss) and bool(torch.isfinite(grad_norm))
+    if stepped:
         optimizer.step()
+        scheduler.step()
     else:
         tqdm.write(f"step {step}: non-finite loss or gradient, update skipped")
-    scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return grad_norm
+    return grad_norm, stepped
+
+
+def stop_after_bad_steps(bad_steps: int, step: int, last_checkpoint) -> None:
+    """The one rule of every loop: MAX_BAD_STEPS skipped updates in a row stop the run, naming the
+    last good checkpoint (the loops call this before saving the step's checkpoint)."""
+    if bad_steps >= MAX_BAD_STEPS:
+        raise RuntimeError(f"{MAX_BAD_STEPS} updates in a row had a non-finite loss or gradient; stopped at "
+                           f"step {step}. Last good checkpoint: {last_checkpoint or 'none saved yet'}")

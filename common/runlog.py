@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 
 
@@ -31,18 +32,28 @@ def append_jsonl(path: str | Path, record: dict) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSONL file; a last line cut short (a run killed while appending) is left out."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines[:-1]]
+    try:
+        records += [json.loads(line) for line in lines[-1:]]
+    except json.JSONDecodeError:
+        pass
+    return records
 
 
 def truncate_jsonl(path: str | Path, max_step: int) -> None:
-    """Drop records past `max_step` (a resumed run rewrites the steps after its checkpoint)."""
+    """Drop records past `max_step` (a resumed run rewrites the steps after its checkpoint); the file
+    is replaced in one rename, so a kill leaves the old or the new one, never half of it."""
     path = Path(path)
     if path.exists():
         kept = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, path)
 
 
 def _plain(value):

@@ -16,14 +16,13 @@ import copy
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
 from common.config import arg
-from common.optim import clipped_step, make_optimizer, make_scheduler
+from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps
 from common.runlog import append_jsonl, open_run, plot_metrics
 from distill.loss import KINDS, distillation_loss
 from lm import checkpoint as ckpt
@@ -113,8 +112,7 @@ def logits_at_targets(model, batch, device) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def main(config: DistillConfig) -> dict:
-    resume_from = ckpt.find_resume(config.resume)
-    out = resume_from.parent if resume_from else Path(config.output_dir)
+    resume_from, out = ckpt.start_run(config.output_dir, config.resume, config.overwrite)
     teacher, tokenizer = load_model(config.teacher, dtype=config.dtype, device=config.device)
     teacher.requires_grad_(False)
     if resume_from or config.student:
@@ -138,7 +136,7 @@ def main(config: DistillConfig) -> dict:
     if eval_rows and start_step == 0:
         append_jsonl(out / "metrics.jsonl", {"step": 0, **run_eval()})
     student.train()
-    device, accum, last = student.device, config.gradient_accumulation_steps, {}
+    device, accum, last, bad_steps = student.device, config.gradient_accumulation_steps, {}, 0
     bar = tqdm(range(start_step, config.max_steps), desc="distill", unit="step", initial=start_step,
                total=config.max_steps)
     for step in bar:
@@ -161,17 +159,20 @@ def main(config: DistillConfig) -> dict:
             totals["loss"] += loss.item()
             totals["kd"] += stats["kd"]
             totals["ce"] += stats["ce"]
-        grad_norm = clipped_step(student, optimizer, scheduler, totals["loss"], config.max_grad_norm, step + 1)
+        grad_norm, stepped = clipped_step(student, optimizer, scheduler, totals["loss"], config.max_grad_norm, step + 1)
+        bad_steps = 0 if stepped else bad_steps + 1
         # ---- plumbing: metrics, checkpoints, eval
         seconds = time.perf_counter() - t0
         record = {"step": step + 1, **totals, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm.item(),
-                  "tokens": n_targets, "tokens_per_second": n_targets / seconds, "time_step": seconds}
+                  "tokens": n_targets, "tokens_per_second": n_targets / seconds, "skipped": int(not stepped),
+                  "time_step": seconds}
         if (config.eval_every > 0 and (step + 1) % config.eval_every == 0) or (
                 config.eval_every == 0 and eval_rows and step + 1 == config.max_steps):
             record.update(run_eval())
         append_jsonl(out / "metrics.jsonl", record)
         bar.set_postfix(loss=f"{totals['loss']:.3f}", kd=f"{totals['kd']:.3f}")
         last = record
+        stop_after_bad_steps(bad_steps, step + 1, ckpt.latest_checkpoint(out))
         if (step + 1) % config.save_every == 0 or step + 1 == config.max_steps:
             ckpt.save_checkpoint(out, step + 1, student, tokenizer, {
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

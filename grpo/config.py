@@ -59,6 +59,8 @@ class GRPOConfig:
     eval_problems: int = arg(100, "held-out problems per eval")
     log_samples: int = arg(2, "decoded completions per step written to samples.jsonl")
     resume: str = arg("", "a run folder (or checkpoint folder) to continue exactly")
+    overwrite: bool = arg(False, "start afresh in an --output-dir that holds another run: removes its "
+                          "checkpoints and logs (without it such a folder is refused)")
     trust_remote_code: bool = arg(False, "allow model code from the hub")
 
     def __post_init__(self):
@@ -76,4 +78,6 @@ class GRPOConfig:
                      "num_iterations", "save_every"):
             if getattr(self, flag) < 1:
                 raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues a run and --overwrite removes one: choose one")
         parse_names_and_weights(self.reward_funcs, self.reward_weights)

@@ -20,14 +20,13 @@ Deliberate choices:
   the last good checkpoint on disk.
 """
 import copy
-import math
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from common.optim import make_optimizer, make_scheduler
+from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps
 from common.runlog import append_jsonl, open_run, plot_metrics
 from grpo.advantages import group_advantages
 from grpo.config import GRPOConfig  # noqa: F401  (run.py finds it here)
@@ -41,7 +40,7 @@ from tasks import load_math
 
 PLOT_KEYS = ["reward", "reward_std", "loss", "kl", "clip_frac", "completion_len", "truncated_frac",
              "entropy", "grad_norm", "eval/accuracy", "eval/format_rate"]
-MAX_BAD_STEPS = 3
+LOGS = ("metrics.jsonl", "samples.jsonl")
 
 
 def prompt_rows(rows: list[dict], seed: int, position: int, count: int) -> list[dict]:
@@ -55,8 +54,7 @@ def prompt_rows(rows: list[dict], seed: int, position: int, count: int) -> list[
 
 
 def main(config: GRPOConfig) -> dict:
-    resume_from = ckpt.find_resume(config.resume)
-    out = resume_from.parent if resume_from else Path(config.output_dir)
+    resume_from, out = ckpt.start_run(config.output_dir, config.resume, config.overwrite, LOGS)
     torch.manual_seed(config.seed)
     model, tokenizer = load_model(str(resume_from) if resume_from else config.model, dtype=config.dtype,
                                   device=config.device, trust_remote_code=config.trust_remote_code)
@@ -83,7 +81,7 @@ def main(config: GRPOConfig) -> dict:
         generator.set_state(state["sampling_rng"])
         start_step = state["step"]
         print(f"resumed from {resume_from} at step {start_step}")
-    open_run(out, config, start_step if resume_from else None, logs=("metrics.jsonl", "samples.jsonl"))
+    open_run(out, config, start_step if resume_from else None, logs=LOGS)
 
     def save(step: int) -> Path:
         return ckpt.save_checkpoint(out, step, model, tokenizer, {
@@ -166,15 +164,9 @@ def main(config: GRPOConfig) -> dict:
             for p in model.parameters():  # nothing trained: zero gradients, so the step equals the unskipped one
                 if p.grad is None and p.requires_grad:
                     p.grad = torch.zeros_like(p)
-            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf"))
-                         if finite else torch.tensor(float("nan")))
-            if finite and torch.isfinite(grad_norm):
-                optimizer.step()
-                scheduler.step()
-                bad_steps = 0
-            else:
-                bad_steps += 1
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm, stepped = clipped_step(model, optimizer, scheduler, step_loss if finite else float("nan"),
+                                              config.max_grad_norm, step + 1)
+            bad_steps = 0 if stepped else bad_steps + 1
 
         # ---- plumbing: metrics, samples, checkpoints, eval
         t_end = time.perf_counter()
@@ -188,7 +180,7 @@ def main(config: GRPOConfig) -> dict:
                   "grad_norm": grad_norm.item(),
                   "completion_len": lengths.float().mean().item(),
                   "truncated_frac": s.truncated.float().mean().item(),
-                  "skipped": int(not finite or not math.isfinite(grad_norm.item())),
+                  "skipped": int(not stepped),
                   "time_sampling": t_sample, "time_training": t_end - t_train, "time_step": t_end - t0,
                   **{f"reward_events/{k}": v for k, v in events.take().items()}}
         out_of_time = config.max_minutes > 0 and time.perf_counter() - started > 60 * config.max_minutes
@@ -205,12 +197,7 @@ def main(config: GRPOConfig) -> dict:
                                                      **{k: v[i_] for k, v in per_reward.items()}})
         bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_len']:.0f}")
         last = record
-        if bad_steps >= MAX_BAD_STEPS:
-            latest = ckpt.latest_checkpoint(out)
-            raise RuntimeError(f"{MAX_BAD_STEPS} updates in a row had a non-finite loss or gradient; stopped at "
-                               f"step {step + 1}. Last good checkpoint: {latest or 'none saved yet'}")
-        if record["skipped"]:
-            tqdm.write(f"step {step + 1}: non-finite loss or gradient, update skipped")
+        stop_after_bad_steps(bad_steps, step + 1, ckpt.latest_checkpoint(out))
         if (step + 1) % config.save_every == 0 or final:
             save(step + 1)
             plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "GRPO")

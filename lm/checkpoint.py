@@ -6,6 +6,11 @@
 
 A checkpoint is written into `checkpoint-<step>.tmp` and renamed when complete, so a crash while
 saving leaves the previous checkpoints intact and never a half-written folder under the final name.
+Old checkpoints are renamed to `.trash` before they are deleted (a kill mid-delete leaves no
+half-deleted folder that looks complete); leftovers of an interrupted save are removed by the next.
+
+A run folder belongs to one run: `start_run` refuses a folder that holds another run's checkpoints
+or logs unless the caller resumes it or asks to overwrite it.
 """
 import random
 import re
@@ -16,6 +21,7 @@ import numpy as np
 import torch
 
 STATE_FILE = "training_state.pt"
+PLOTS = ("training_curves.png",)
 
 
 def rng_state() -> dict:
@@ -39,34 +45,55 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, state: 
 
     `keep`: how many of the newest checkpoints to keep (None keeps all).
     """
+    tidy(output_dir)
     final = Path(output_dir) / f"checkpoint-{step}"
     tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     torch.save({**state, "step": step, "rng": rng_state()}, tmp / STATE_FILE)
     if final.exists():  # saving the same step again: replace only once the new copy is complete
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
+        old = final.with_name(final.name + ".old")  # listed as the checkpoint while final is missing
+        _remove(old)
         final.rename(old)
         tmp.rename(final)
-        shutil.rmtree(old)
+        _remove(old)
     else:
         tmp.rename(final)
     if keep is not None:
         for path in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(path)
+            _remove(path)
     return final
 
 
+def tidy(output_dir: str | Path) -> None:
+    """Clear what an interrupted save or delete left: `.tmp` and `.trash` folders go; an `.old` folder
+    goes back to its name if the new copy never got there, else it goes."""
+    for path in Path(output_dir).glob("checkpoint-*.*"):
+        if path.suffix in (".tmp", ".trash"):
+            shutil.rmtree(path)
+        elif path.suffix == ".old":
+            final = path.with_suffix("")
+            _remove(path) if final.exists() else path.rename(final)
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder so that a kill at any moment leaves it whole or gone: rename, then delete."""
+    if path.exists():
+        trash = path.with_name(path.name + ".trash")
+        shutil.rmtree(trash, ignore_errors=True)
+        path.rename(trash)
+        shutil.rmtree(trash)
+
+
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    found = []
-    for path in Path(output_dir).glob("checkpoint-*"):
-        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+    """Complete checkpoints, oldest first. `checkpoint-N.old` counts while `checkpoint-N` is missing
+    (a kill between the two renames of a re-save)."""
+    found = {}
+    for path in sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: p.name.endswith(".old")):
+        match = re.fullmatch(r"checkpoint-(\d+)(\.old)?", path.name)
         if match and (path / STATE_FILE).exists():
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
+            found.setdefault(int(match.group(1)), path)
+    return [found[step] for step in sorted(found)]
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -92,6 +119,28 @@ def find_resume(resume: str) -> Path | None:
     if latest is None:
         raise FileNotFoundError(f"--resume {resume}: no complete checkpoint there")
     return latest
+
+
+def start_run(output_dir: str | Path, resume: str, overwrite: bool,
+              logs: tuple[str, ...] = ("metrics.jsonl",)) -> tuple[Path | None, Path]:
+    """(checkpoint to resume from or None, the run folder). A fresh run refuses a folder that holds
+    another run's checkpoints or logs (two runs would mix: the newest checkpoint could be the other
+    run's); with `overwrite` it removes them first."""
+    resume_from = find_resume(resume)
+    if resume_from is not None:
+        return resume_from, resume_from.parent
+    out = Path(output_dir)
+    earlier = sorted(out.glob("checkpoint-*")) + [out / name for name in logs
+                                                   if (out / name).exists() and (out / name).stat().st_size]
+    if earlier and not overwrite:
+        names = ", ".join(p.name for p in earlier[:3]) + (", ..." if len(earlier) > 3 else "")
+        raise FileExistsError(f"{out} already holds another run ({names}): continue it with --resume {out}, "
+                              f"or start afresh with --overwrite (removes its checkpoints and logs)")
+    for path in earlier:
+        _remove(path) if path.is_dir() else path.unlink()
+    for name in PLOTS:
+        (out / name).unlink(missing_ok=True)
+    return None, out
 
 
 def restore_training(checkpoint_dir: str | Path, optimizer, scheduler) -> dict:

@@ -62,10 +62,11 @@ def sizes(quick: bool) -> dict:
 def main(config: PipelineConfig) -> dict:
     out, n = Path(config.output_dir), sizes(config.quick)
     common = dict(seed=config.seed)
+    fresh = dict(overwrite=True)  # a stage re-run after --resume starts its own folder afresh
     grpo_common = dict(group_size=4 if config.quick else 8, prompts_per_step=2, max_completion_length=n["tokens"],
-                       eval_every=-1, learning_rate=1e-5, **common)
+                       eval_every=-1, learning_rate=1e-5, **common, **fresh)
     sft_common = dict(max_length=512 if not config.quick else 1400, gradient_accumulation_steps=4 if not config.quick else 1,
-                      learning_rate=1e-4, warmup_ratio=0.1, eval_every=-1, **common)
+                      learning_rate=1e-4, warmup_ratio=0.1, eval_every=-1, **common, **fresh)
 
     def model_of(stage: str) -> str:
         return json.loads((out / stage / "stage.json").read_text())["model"]
@@ -123,7 +124,7 @@ def main(config: PipelineConfig) -> dict:
         distill_main(DistillConfig(teacher=model_of("6-sft2"), dataset=json.loads(
             (out / "5-rejection" / "stage.json").read_text())["data"], max_steps=n["distill_steps"],
             save_every=n["distill_steps"], eval_every=-1, max_length=sft_common["max_length"], output_dir=str(folder),
-            gradient_accumulation_steps=sft_common["gradient_accumulation_steps"], **common))
+            gradient_accumulation_steps=sft_common["gradient_accumulation_steps"], **common, **fresh))
         return {"model": str(ckpt.latest_checkpoint(folder))}
 
     def evaluation(folder):

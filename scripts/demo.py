@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str) -> None:
+    if args[0] in ("sft", "grpo"):  # each demo starts its stage folders afresh
+        args = (*args, "--overwrite")
     print("+ python run.py " + " ".join(args), flush=True)
     subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, check=True)
 

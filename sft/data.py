@@ -41,10 +41,14 @@ class PackedTrainingFlags:
     eval_problems: int = arg(100, "held-out problems per eval")
     eval_max_new_tokens: int = arg(192, "token budget per eval completion")
     resume: str = arg("", "a run folder (or checkpoint folder) to continue exactly")
+    overwrite: bool = arg(False, "start afresh in an --output-dir that holds another run: removes its "
+                          "checkpoints and logs (without it such a folder is refused)")
 
     def __post_init__(self):
         if self.lr_scheduler not in SCHEDULES:
             raise ValueError(f"--lr-scheduler {self.lr_scheduler!r}: choose one of {', '.join(SCHEDULES)}")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues a run and --overwrite removes one: choose one")
         if min(self.batch_size, self.gradient_accumulation_steps, self.max_length, self.save_every) < 1:
             raise ValueError("--batch-size, --gradient-accumulation-steps, --max-length and --save-every must be >= 1")
 

@@ -12,12 +12,11 @@ R1 stage 2 is this loop on rejection-sampled answers (a JSONL of prompt/completi
 """
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from tqdm import tqdm
 
 from common.config import arg
-from common.optim import clipped_step, make_optimizer, make_scheduler
+from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps
 from common.runlog import append_jsonl, open_run, plot_metrics
 from lm import checkpoint as ckpt
 from lm import load_model
@@ -44,8 +43,7 @@ class SFTConfig(PackedTrainingFlags):
 
 
 def main(config: SFTConfig) -> dict:
-    resume_from = ckpt.find_resume(config.resume)
-    out = resume_from.parent if resume_from else Path(config.output_dir)
+    resume_from, out = ckpt.start_run(config.output_dir, config.resume, config.overwrite)
     model, tokenizer = load_model(str(resume_from) if resume_from else config.model,
                                   dtype=config.dtype, device=config.device)
     if config.gradient_checkpointing:
@@ -78,7 +76,7 @@ def main(config: SFTConfig) -> dict:
                                              "examples_truncated": report.truncated, "examples_dropped": report.dropped})
     model.train()
     position = start_step * config.gradient_accumulation_steps  # micro-batches consumed so far
-    last = {}
+    last, bad_steps = {}, 0
     bar = tqdm(range(start_step, total_steps), desc="sft", unit="step", initial=start_step, total=total_steps)
     for step in bar:
         t0 = time.perf_counter()
@@ -92,19 +90,22 @@ def main(config: SFTConfig) -> dict:
             loss = sft_loss(model, batch, normalizer=max(1, n_targets))
             loss.backward()
             loss_sum += loss.item()
-        grad_norm = clipped_step(model, optimizer, scheduler, loss_sum, config.max_grad_norm, step + 1)
+        grad_norm, stepped = clipped_step(model, optimizer, scheduler, loss_sum, config.max_grad_norm, step + 1)
+        bad_steps = 0 if stepped else bad_steps + 1
         # ---- plumbing: metrics, checkpoints, eval
         seconds = time.perf_counter() - t0
         record = {"step": step + 1, "loss": loss_sum, "lr": scheduler.get_last_lr()[0],
                   "grad_norm": grad_norm.item(), "tokens": n_targets,
                   "tokens_input": sum(b.num_tokens for b in micro),
-                  "tokens_per_second": n_targets / seconds, "epoch": position / stream.per_epoch, "time_step": seconds}
+                  "tokens_per_second": n_targets / seconds, "epoch": position / stream.per_epoch,
+                  "skipped": int(not stepped), "time_step": seconds}
         if (config.eval_every > 0 and (step + 1) % config.eval_every == 0) or (
                 config.eval_every == 0 and eval_rows and step + 1 == total_steps):
             record.update(run_eval())
         append_jsonl(out / "metrics.jsonl", record)
         bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{record['tokens_per_second']:.0f}")
         last = record
+        stop_after_bad_steps(bad_steps, step + 1, ckpt.latest_checkpoint(out))
         if (step + 1) % config.save_every == 0 or step + 1 == total_steps:
             save(step + 1, position)
             plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "SFT")

@@ -45,7 +45,7 @@ def test_truncation_is_counted_in_the_log(tmp_path):
                "--overflow", "drop", "--eval-every", "-1", "--output-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "dropped at --max-length 600" in proc.stdout and "(0 truncated, 0 dropped" not in proc.stdout
-    nothing_fits = run("sft", "--model", "tiny", "--max-length", "50", "--output-dir", str(tmp_path))
+    nothing_fits = run("sft", "--model", "tiny", "--max-length", "50", "--output-dir", str(tmp_path / "b"))
     assert nothing_fits.returncode == 2 and "no example fits in --max-length 50" in nothing_fits.stderr
 
 
