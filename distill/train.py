@@ -27,6 +27,7 @@ from common.runlog import append_jsonl, open_run, plot_metrics
 from distill.loss import KINDS, distillation_loss
 from lm import checkpoint as ckpt
 from lm import load_model
+from lm.precision import resolve_precision
 from lm.logprobs import hidden_states
 from recipe.evaluate import eval_metrics
 from sft.data import PackedTrainingFlags, prepare
@@ -113,14 +114,16 @@ def logits_at_targets(model, batch, device) -> tuple[torch.Tensor, torch.Tensor]
 
 def main(config: DistillConfig) -> dict:
     resume_from, out = ckpt.start_run(config.output_dir, config.resume, config.overwrite)
-    teacher, tokenizer = load_model(config.teacher, dtype=config.dtype, device=config.device)
+    teacher, tokenizer = load_model(config.teacher, dtype=config.dtype, device=config.device)  # forward only
     teacher.requires_grad_(False)
+    precision = resolve_precision(config.dtype, teacher.device)
     if resume_from or config.student:
-        student, student_tok = load_model(str(resume_from or config.student), dtype=config.dtype, device=config.device)
+        student, student_tok = load_model(str(resume_from or config.student), dtype=config.dtype, device=config.device,
+                                          training=True)
         check_same_tokenizer(tokenizer, student_tok, config.teacher, str(resume_from or config.student))
     else:
         layers = layer_choice(config.student_from_teacher_layers, teacher.config.num_hidden_layers)
-        student = student_from_teacher(teacher, layers)
+        student = student_from_teacher(teacher, layers).to(precision.weights)
         print(f"student: teacher layers {layers} ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M "
               f"parameters, teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M)")
     stream, report, n_units = prepare(tokenizer, config.dataset, config.train_examples, config.max_length,
@@ -131,7 +134,10 @@ def main(config: DistillConfig) -> dict:
     start_step = ckpt.restore_training(resume_from, optimizer, scheduler)["step"] if resume_from else 0
     open_run(out, config, start_step if resume_from else None)
     eval_rows = load_math(config.eval_dataset, "test", config.eval_problems) if config.eval_every >= 0 else []
-    run_eval = lambda: eval_metrics(student, tokenizer, eval_rows, config.eval_max_new_tokens)
+
+    def run_eval():
+        with precision.autocast():
+            return eval_metrics(student, tokenizer, eval_rows, config.eval_max_new_tokens)
 
     if eval_rows and start_step == 0:
         append_jsonl(out / "metrics.jsonl", {"step": 0, **run_eval()})
@@ -146,12 +152,13 @@ def main(config: DistillConfig) -> dict:
         totals = {"loss": 0.0, "kd": 0.0, "ce": 0.0}
         for batch in micro:
             # ---- algorithm: teacher and student distributions at the labelled positions
-            student_logits, targets = logits_at_targets(student, batch, device)
-            if config.alpha > 0:
-                with torch.inference_mode():
-                    teacher_logits = logits_at_targets(teacher, batch, device)[0].clone()
-            else:  # alpha 0 is plain SFT of the student: the KD term has weight 0, no teacher pass
-                teacher_logits = student_logits.detach()
+            with precision.autocast():
+                student_logits, targets = logits_at_targets(student, batch, device)
+                if config.alpha > 0:
+                    with torch.inference_mode():
+                        teacher_logits = logits_at_targets(teacher, batch, device)[0].clone()
+                else:  # alpha 0 is plain SFT of the student: the KD term has weight 0, no teacher pass
+                    teacher_logits = student_logits.detach()
             loss, stats = distillation_loss(student_logits[None], teacher_logits[None], targets[None],
                                             temperature=config.temperature, alpha=config.alpha, kind=config.kind,
                                             beta=config.beta, normalizer=n_targets)

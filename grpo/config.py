@@ -2,6 +2,8 @@
 from dataclasses import dataclass
 
 from common.config import arg
+from lm.precision import CHOICES as DTYPES
+from lm.precision import HELP as PRECISION_HELP
 from common.optim import SCHEDULES
 from grpo.advantages import SCALES
 from grpo.loss import LOSS_TYPES
@@ -48,7 +50,7 @@ class GRPOConfig:
     gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass to save memory")
     logprob_chunk_size: int = arg(1024, "token positions per chunk of the output layer")
     # plumbing
-    dtype: str = arg("auto", "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16")
+    dtype: str = arg("auto", PRECISION_HELP)
     device: str = arg("auto", "auto, cpu, cuda")
     seed: int = arg(0, "seed for data order, sampling and the eval split")
     output_dir: str = arg("runs/grpo", "where config, metrics, samples, checkpoints and plots go")
@@ -78,6 +80,8 @@ class GRPOConfig:
                      "num_iterations", "save_every"):
             if getattr(self, flag) < 1:
                 raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
         if self.resume and self.overwrite:
             raise ValueError("--resume continues a run and --overwrite removes one: choose one")
         parse_names_and_weights(self.reward_funcs, self.reward_weights)

@@ -34,6 +34,7 @@ from grpo.loss import grpo_loss
 from lm import checkpoint as ckpt
 from lm import load_model, sample, token_logprobs
 from lm.chat import encode_prompt
+from lm.precision import resolve_precision
 from recipe.evaluate import eval_metrics
 from rewards import build_rewards, events, score
 from tasks import load_math
@@ -57,11 +58,12 @@ def main(config: GRPOConfig) -> dict:
     resume_from, out = ckpt.start_run(config.output_dir, config.resume, config.overwrite, LOGS)
     torch.manual_seed(config.seed)
     model, tokenizer = load_model(str(resume_from) if resume_from else config.model, dtype=config.dtype,
-                                  device=config.device, trust_remote_code=config.trust_remote_code)
+                                  device=config.device, trust_remote_code=config.trust_remote_code, training=True)
+    precision = resolve_precision(config.dtype, model.device)  # float32 weights, bfloat16 compute on a GPU
     ref_model = None
-    if config.beta > 0:  # the reference is always the starting model, also on resume
+    if config.beta > 0:  # the reference is always the starting model, also on resume; it runs forward only
         ref_model = (load_model(config.model, dtype=config.dtype, device=config.device)[0] if resume_from
-                     else copy.deepcopy(model)).eval().requires_grad_(False)
+                     else copy.deepcopy(model).to(precision.compute)).eval().requires_grad_(False)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -89,7 +91,10 @@ def main(config: GRPOConfig) -> dict:
             "sampling_rng": generator.get_state(), "data_position": step * config.prompts_per_step},
             keep=config.keep_checkpoints)
 
-    run_eval = lambda: eval_metrics(model, tokenizer, eval_rows, config.max_completion_length, config.seed)
+    def run_eval():
+        with precision.autocast():
+            return eval_metrics(model, tokenizer, eval_rows, config.max_completion_length, config.seed)
+
     first_eval = run_eval() if eval_rows and start_step == 0 else {}
     if first_eval:
         append_jsonl(out / "metrics.jsonl", {"step": 0, **first_eval})
@@ -101,10 +106,11 @@ def main(config: GRPOConfig) -> dict:
         # ---- algorithm: sample G completions for each of B prompts
         batch = prompt_rows(rows, config.seed, step * config.prompts_per_step, config.prompts_per_step)
         model.eval()
-        s = sample(model, [encode_prompt(tokenizer, r["problem"]) for r in batch], group_size=config.group_size,
-                   max_new_tokens=config.max_completion_length, temperature=config.temperature,
-                   top_p=config.top_p, top_k=config.top_k, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id, generator=generator)
+        with precision.autocast():
+            s = sample(model, [encode_prompt(tokenizer, r["problem"]) for r in batch], group_size=config.group_size,
+                       max_new_tokens=config.max_completion_length, temperature=config.temperature,
+                       top_p=config.top_p, top_k=config.top_k, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, generator=generator)
         model.train()
         t_sample = time.perf_counter() - t0
 
@@ -130,9 +136,12 @@ def main(config: GRPOConfig) -> dict:
         if config.beta == 0 and config.skip_zero_advantage:
             trained = trained[adv.cpu() != 0]
         micro = [trained[i:i + config.micro_batch_size] for i in range(0, len(trained), config.micro_batch_size)]
-        logps_of = lambda m, idx, **kw: token_logprobs(
-            m, s.prompt_ids[idx], s.prompt_mask[idx], s.completion_ids[idx], s.completion_mask[idx],
-            temperature=config.temperature, chunk_size=config.logprob_chunk_size, **kw)
+        def logps_of(m, idx, **kw):  # (n, T) log-probs at the sampling temperature, in float32
+            with precision.autocast():
+                return token_logprobs(m, s.prompt_ids[idx], s.prompt_mask[idx], s.completion_ids[idx],
+                                      s.completion_mask[idx], temperature=config.temperature,
+                                      chunk_size=config.logprob_chunk_size, **kw)
+
 
         # ---- algorithm: reference and old log-probs, only when they are needed
         with torch.no_grad():

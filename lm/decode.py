@@ -64,12 +64,20 @@ class Linear:
         return F.linear(x, self.weight, self.bias)
 
 
-def fused(*layers: torch.nn.Linear, rows: int) -> Linear:
+def fused(*layers: torch.nn.Linear, rows: int, dtype: torch.dtype) -> Linear:
     """One Linear computing the given layers' outputs side by side (they read the same input; in the
-    supported models they all have a bias or none has)."""
-    weight = torch.cat([layer.weight.detach() for layer in layers])
-    bias = None if layers[0].bias is None else torch.cat([layer.bias.detach() for layer in layers])
+    supported models they all have a bias or none has), with its weights in `dtype`."""
+    weight = torch.cat([layer.weight.detach() for layer in layers]).to(dtype)
+    bias = None if layers[0].bias is None else torch.cat([layer.bias.detach() for layer in layers]).to(dtype)
     return Linear(weight, bias, rows)
+
+
+def compute_dtype(model) -> torch.dtype:
+    """The dtype the model's products run in here: autocast's when it is on, else the weights'."""
+    device_type = model.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return model.dtype
 
 
 class LeanDecoder:
@@ -85,26 +93,37 @@ class LeanDecoder:
     def __init__(self, model, rows: int):
         config = model.config
         self.body = model.base_model
+        # the weight copies are in the compute dtype: under autocast (float32 master weights, bfloat16
+        # compute) they are the sampler's bfloat16 copy of the weights, and the step runs without autocast
+        self.dtype = dtype = compute_dtype(model)
+        self.device_type = model.device.type
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.layers = []
         for layer in self.body.layers:
             attn, mlp = layer.self_attn, layer.mlp
             self.layers.append(dict(
-                norm1=layer.input_layernorm.weight.detach(), norm2=layer.post_attention_layernorm.weight.detach(),
-                qkv=fused(attn.q_proj, attn.k_proj, attn.v_proj, rows=rows), o=fused(attn.o_proj, rows=rows),
-                gate_up=fused(mlp.gate_proj, mlp.up_proj, rows=rows), down=fused(mlp.down_proj, rows=rows),
-                scale=attn.scaling))
+                norm1=layer.input_layernorm.weight.detach().to(dtype),
+                norm2=layer.post_attention_layernorm.weight.detach().to(dtype),
+                qkv=fused(attn.q_proj, attn.k_proj, attn.v_proj, rows=rows, dtype=dtype),
+                o=fused(attn.o_proj, rows=rows, dtype=dtype),
+                gate_up=fused(mlp.gate_proj, mlp.up_proj, rows=rows, dtype=dtype),
+                down=fused(mlp.down_proj, rows=rows, dtype=dtype), scale=attn.scaling))
         self.eps = config.rms_norm_eps
-        self.head = fused(linear_head(model), rows=rows)
+        self.final_norm = self.body.norm.weight.detach().to(dtype)
+        self.head = fused(linear_head(model), rows=rows, dtype=dtype)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, position: torch.Tensor, cache, attention_mask: torch.Tensor) -> torch.Tensor:
         """tokens (n,), position (n, 1), `cache` with one `update(k, v)` layer per model layer (the
         sampler's PreallocatedLayer), attention_mask (n, L) over the cache including this token
-        -> (n, V) next-token logits."""
+        -> (n, V) next-token logits, computed in self.dtype with autocast off."""
+        with torch.autocast(self.device_type, enabled=False):
+            return self._step(tokens, position, cache, attention_mask)
+
+    def _step(self, tokens, position, cache, attention_mask):
         n, Hq, Hkv, D = tokens.shape[0], self.heads, self.kv_heads, self.head_dim
-        h = self.body.embed_tokens(tokens)                                            # (n, H)
+        h = self.body.embed_tokens(tokens).to(self.dtype)                             # (n, H)
         cos, sin = (c.unsqueeze(1) for c in self.body.rotary_emb(h, position))        # (n, 1, 1, D)
         mask = torch.zeros(attention_mask.shape, dtype=h.dtype, device=h.device)
         mask = mask.masked_fill_(attention_mask == 0, float("-inf"))[:, None, None]   # (n, 1, 1, L)
@@ -116,4 +135,4 @@ class LeanDecoder:
             h = h + layer["o"](out.reshape(n, Hq * D))
             gate, up = layer["gate_up"](rms_norm(h, layer["norm2"], self.eps)).chunk(2, -1)
             h = h + layer["down"](F.silu(gate).mul_(up))
-        return self.head(self.body.norm(h))                                           # (n, V)
+        return self.head(rms_norm(h, self.final_norm, self.eps))                      # (n, V)

@@ -17,6 +17,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging as hf_logging
 
+from lm.precision import resolve_precision
+
 hf_logging.disable_progress_bar()  # our own bars say what is happening; theirs flood the logs
 
 BUILTIN = "smollm2-135m"
@@ -37,16 +39,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` is float32 on a CPU and bfloat16 on a GPU."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in choices:
-        raise ValueError(f"--dtype {dtype!r}: choose one of auto, {', '.join(choices)}")
-    return choices[dtype]
 
 
 def builtin_model_dir() -> Path:
@@ -109,10 +101,12 @@ def tiny_model(tokenizer=None, *, seed: int = 0, hidden_size: int = 64, num_laye
 
 
 def load_model(name: str, *, dtype: str = "auto", device: str = "auto",
-               trust_remote_code: bool = False):
-    """Return (model, tokenizer) for a name (see the module docstring), in eval mode on `device`."""
+               trust_remote_code: bool = False, training: bool = False):
+    """Return (model, tokenizer) for a name (see the module docstring), in eval mode on `device`, its
+    weights in the dtype `--dtype` gives them (lm/precision.py): for a model that will be trained
+    (`training`), float32 on a GPU under `auto`; for one that only runs forward, bfloat16 there."""
     dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
+    torch_dtype = resolve_precision(dtype, dev, training).weights
     if name == "tiny":
         tokenizer = tiny_tokenizer()
         model = tiny_model(tokenizer)

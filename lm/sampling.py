@@ -42,12 +42,14 @@ class PreallocatedLayer(DynamicLayer):
     """One layer's KV cache in a buffer of `capacity` positions: `update` writes the new columns in
     place and returns views of the filled part (no copy of the cache per step)."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int, dtype: torch.dtype | None = None):
         super().__init__()
         n, heads, length, dim = keys.shape
-        self.buffers = [keys.new_empty(n, heads, capacity, dim), values.new_empty(n, heads, capacity, dim)]
+        dtype = dtype or keys.dtype
+        self.buffers = [keys.new_empty(n, heads, capacity, dim, dtype=dtype),
+                        values.new_empty(n, heads, capacity, dim, dtype=dtype)]
         self.buffers[0][:, :, :length], self.buffers[1][:, :, :length] = keys, values
-        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self.dtype, self.device, self.is_initialized = dtype, keys.device, True
         self.length = length
         self._expose()
 
@@ -154,11 +156,12 @@ def sample(model, prompts: list[list[int]], *, group_size: int = 1, max_new_toke
                          past_key_values=cache, use_cache=True).repeat_interleave(G, 0)   # (N, V)
     if G > 1:
         cache.batch_repeat_interleave(G)
-    cache.layers = [PreallocatedLayer(layer.keys, layer.values, P + T) for layer in cache.layers]
+    decoder = LeanDecoder(model, N) if lean and T > 1 and LeanDecoder.supports(model) else None
+    cache.layers = [PreallocatedLayer(layer.keys, layer.values, P + T, decoder and decoder.dtype)
+                    for layer in cache.layers]
     attention = torch.ones((N, P + T), dtype=torch.long, device=device)         # preallocated
     attention[:, :P] = prompt_mask.repeat_interleave(G, 0)
     position = positions[:, -1:].repeat_interleave(G, 0)                         # (N, 1)
-    decoder = LeanDecoder(model, N) if lean and T > 1 and LeanDecoder.supports(model) else None
 
     tokens = torch.full((N, T), pad_id, dtype=torch.long, device=device)
     running = torch.arange(N, device=device)   # rows of `tokens` still in the batch, in batch order

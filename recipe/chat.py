@@ -18,7 +18,7 @@ class ChatConfig:
     top_p: float = arg(1.0, "nucleus sampling threshold")
     top_k: int = arg(0, "keep only the k most likely tokens (0: all)")
     system_prompt: str = arg(SYSTEM_PROMPT, "system message; empty for none")
-    dtype: str = arg("auto", "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
+    dtype: str = arg("auto", "auto (bfloat16 on a GPU, float32 on a CPU), float32, bfloat16, float16")
     device: str = arg("auto", "auto, cpu, cuda, cuda:1, ...")
     seed: int = arg(0, "random seed for sampling")
     trust_remote_code: bool = arg(False, "allow model code from the hub (off unless you trust it)")

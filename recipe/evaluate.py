@@ -42,7 +42,7 @@ class EvalConfig:
     batch_size: int = arg(32, "prompts per sampling batch")
     output_dir: str = arg("runs/eval", "where report.json and samples.jsonl go")
     seed: int = arg(0, "seed for the dataset and sampling")
-    dtype: str = arg("auto", "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16")
+    dtype: str = arg("auto", "auto (bfloat16 on a GPU, float32 on a CPU), float32, bfloat16, float16")
     device: str = arg("auto", "auto, cpu, cuda")
 
 

@@ -35,7 +35,7 @@ class SampleConfig:
     min_score: float = arg(0.0, "with --keep best: the lowest weighted score a kept completion may have")
     output_dir: str = arg("runs/sample", "where samples.jsonl (and kept.jsonl) go")
     seed: int = arg(0, "seed for prompts and sampling")
-    dtype: str = arg("auto", "auto, float32, bfloat16")
+    dtype: str = arg("auto", "auto (bfloat16 on a GPU, float32 on a CPU), float32, bfloat16, float16")
     device: str = arg("auto", "auto, cpu, cuda")
 
     def __post_init__(self):

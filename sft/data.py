@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from common.config import arg
+from lm.precision import CHOICES as DTYPES
+from lm.precision import HELP as PRECISION_HELP
 from common.optim import SCHEDULES
 
 from sft.packing import Batch, TokenizeReport, collate_padded, collate_rows, pack, tokenize
@@ -30,7 +32,7 @@ class PackedTrainingFlags:
     lr_scheduler: str = arg("cosine", "constant, linear or cosine decay after warmup")
     max_grad_norm: float = arg(1.0, "clip the gradient norm to this (0: no clipping)")
     max_steps: int = arg(0, "optimizer steps")
-    dtype: str = arg("auto", "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16")
+    dtype: str = arg("auto", PRECISION_HELP)
     device: str = arg("auto", "auto, cpu, cuda")
     seed: int = arg(0, "seed for data order")
     output_dir: str = arg("runs/sft", "where config, metrics, checkpoints and plots go")
@@ -47,6 +49,8 @@ class PackedTrainingFlags:
     def __post_init__(self):
         if self.lr_scheduler not in SCHEDULES:
             raise ValueError(f"--lr-scheduler {self.lr_scheduler!r}: choose one of {', '.join(SCHEDULES)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
         if self.resume and self.overwrite:
             raise ValueError("--resume continues a run and --overwrite removes one: choose one")
         if min(self.batch_size, self.gradient_accumulation_steps, self.max_length, self.save_every) < 1:

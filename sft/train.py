@@ -20,6 +20,7 @@ from common.optim import clipped_step, make_optimizer, make_scheduler, stop_afte
 from common.runlog import append_jsonl, open_run, plot_metrics
 from lm import checkpoint as ckpt
 from lm import load_model
+from lm.precision import resolve_precision
 from recipe.evaluate import eval_metrics
 from sft.loss import sft_loss
 from sft.data import PackedTrainingFlags, prepare
@@ -45,7 +46,8 @@ class SFTConfig(PackedTrainingFlags):
 def main(config: SFTConfig) -> dict:
     resume_from, out = ckpt.start_run(config.output_dir, config.resume, config.overwrite)
     model, tokenizer = load_model(str(resume_from) if resume_from else config.model,
-                                  dtype=config.dtype, device=config.device)
+                                  dtype=config.dtype, device=config.device, training=True)
+    precision = resolve_precision(config.dtype, model.device)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
@@ -63,7 +65,10 @@ def main(config: SFTConfig) -> dict:
     start_step = ckpt.restore_training(resume_from, optimizer, scheduler)["step"] if resume_from else 0
     open_run(out, config, start_step if resume_from else None)
     eval_rows = load_math(config.eval_dataset, "test", config.eval_problems) if config.eval_every >= 0 else []
-    run_eval = lambda: eval_metrics(model, tokenizer, eval_rows, config.eval_max_new_tokens)
+
+    def run_eval():
+        with precision.autocast():
+            return eval_metrics(model, tokenizer, eval_rows, config.eval_max_new_tokens)
 
     def save(step: int, data_position: int):
         ckpt.save_checkpoint(out, step, model, tokenizer, {
@@ -87,7 +92,8 @@ def main(config: SFTConfig) -> dict:
         n_targets = sum(b.num_targets for b in micro)
         loss_sum = 0.0
         for batch in micro:
-            loss = sft_loss(model, batch, normalizer=max(1, n_targets))
+            with precision.autocast():
+                loss = sft_loss(model, batch, normalizer=max(1, n_targets))
             loss.backward()
             loss_sum += loss.item()
         grad_norm, stepped = clipped_step(model, optimizer, scheduler, loss_sum, config.max_grad_norm, step + 1)

@@ -29,10 +29,13 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     assert json.loads((tmp_path / "3-sft1" / "config.json").read_text())["dataset"].endswith("cold_start.jsonl")
     assert json.loads((tmp_path / "7-distill" / "config.json").read_text())["teacher"].startswith(str(tmp_path / "6-sft2"))
 
+    # an unfinished training stage (its checkpoints there, no stage.json) is re-run afresh in its folder
+    (tmp_path / "7-distill" / "stage.json").unlink()
     (tmp_path / "8-eval" / "stage.json").unlink()
     again = pipeline(tmp_path, "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("done before, skipped") == 7 and "== stage 8-eval" in again.stdout
+    assert again.stdout.count("done before, skipped") == 6 and "== stage 7-distill" in again.stdout
+    assert "== stage 8-eval" in again.stdout
 
 
 def test_failing_stage_is_named(tmp_path):
