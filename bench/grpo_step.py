@@ -1,22 +1,26 @@
-"""Time one GRPO step by phase on the built-in model, and our sampler against HF `generate`.
+"""Time one GRPO step by phase, the sampler's decoding step, and TRL's GRPOTrainer on the same config.
 
-    .venv/bin/python bench/grpo_step.py [--steps 3] [--group-size 8] [--new-tokens 128] [--no-trl]
-        [--prompts 1] [--device cuda --dtype bfloat16] [--random-weights]
+    .venv/bin/python bench/grpo_step.py [--steps 3] [--device cuda] [--dtype auto] [--random-weights]
+        [--decode-rows 8,64] [--qwen-shaped] [--no-trl]
 
-Config (issue 5): 1 prompt x G = 8, 128 new tokens (EOS suppressed so every sequence runs the
-full budget), beta 0.04 (so the reference forward is timed), float32, one update per batch.
-Phases: sampling, reference forward, policy forward+backward, optimizer step. Prints the median
-over --steps steps, then decode-step latency and tokens/s of our sampler (its lean decoding step,
-then the model's own forward, lm/decode.py) and of HF generate on the same prompt batch. Then, side
-by side, TRL 1.16's GRPOTrainer on the identical config (every completion forced to the full budget
-with min_new_tokens), once with its defaults (gradient checkpointing on) and once with it off: median
-seconds per step and in `generate`. TRL runs in its own
-virtual environment (.venv-trl, created on first use by bench/trl_env.py; or the python named by
-$TRL_PYTHON, as on a GPU machine with no package index).
+1. One GRPO step of B prompts x G = 8, 128 new tokens (EOS suppressed: every sequence runs the full
+   budget), beta 0.04 (so the reference forward is timed), one update, in the training loop's
+   precision (`--dtype auto`: float32 on a CPU, float32 master weights with bfloat16 compute on a
+   GPU): sampling, reference forward, policy forward+backward, optimizer step; medians of --steps.
+2. The decoding step: milliseconds per token for each --decode-rows (our sampler; for the first size
+   also through the model's own forward and HF `generate`).
+3. --qwen-shaped: a model shaped like Qwen2.5-0.5B-Instruct (its config is written out below, random
+   weights, vocabulary 151,936): its decoding step for 8 rows, and a GRPO step of 8 prompts x 8 x 512
+   tokens with beta 0.04 (time per phase and peak GPU memory).
+4. TRL 1.16's GRPOTrainer on the config of 1 (every completion forced to the full budget with
+   min_new_tokens), with its default gradient checkpointing and without: seconds per step and in
+   `generate`. TRL runs in its own virtual environment (.venv-trl, made on first use by
+   bench/trl_env.py; or the python $TRL_PYTHON names, as on a GPU machine with no package index).
+A table of the figures closes the output.
 
 `--random-weights` keeps the model's config and tokenizer but initialises the weights at random
-(seeded) and saves them to a temporary folder that both sides load: timings do not depend on the
-weights (EOS is suppressed), so a machine that only has the config can run the benchmark.
+(seeded) into a temporary folder that both sides load: timings do not depend on the weights (EOS is
+suppressed), so a machine that has only the config and tokenizer (bench/gpu_check.sh) can run it.
 """
 import argparse
 import json
@@ -36,8 +40,16 @@ from grpo.loss import grpo_loss  # noqa: E402
 from lm import load_model, sample, token_logprobs  # noqa: E402
 from lm.chat import encode_prompt, prompt_messages  # noqa: E402
 from lm.loading import BUILTIN, builtin_model_dir, resolve_device  # noqa: E402
+from lm.precision import resolve_precision  # noqa: E402
+from lm.sampling import refresh_sampler  # noqa: E402
 
 PROBLEM = "What is 12 * (7 + 8) - 9?"
+NEVER = -1  # an EOS id no token has: every completion runs the full budget, as a worst case
+QWEN25_05B = dict(  # Qwen/Qwen2.5-0.5B-Instruct's config.json, the fields that shape the compute
+    architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_size=896, intermediate_size=4864,
+    num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+    max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+    hidden_act="silu", use_sliding_window=False, bos_token_id=151643, eos_token_id=151645)
 
 
 def random_copy(model_dir: str) -> str:
@@ -51,47 +63,32 @@ def random_copy(model_dir: str) -> str:
     return out
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default=BUILTIN)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--prompts", type=int, default=1, help="prompts per step, B")
-    parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--random-weights", action="store_true", help="the model's shape, random weights")
-    parser.add_argument("--no-share-prompts", action="store_true", help="run each prompt copy in the forwards")
-    parser.add_argument("--no-trl", action="store_true")
-    parser.add_argument("--trl-checkpointing", default="default,off", help="TRL runs: default, on, off (comma-separated)")
-    args = parser.parse_args()
-    path = str(builtin_model_dir()) if args.model == BUILTIN else args.model
-    if args.random_weights:
-        path = random_copy(path)
-    device = resolve_device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    clock = lambda: (sync(), time.perf_counter())[1]
-    torch.manual_seed(0)
-    model, tok = load_model(path, dtype=args.dtype, device=args.device)
-    ref = load_model(path, dtype=args.dtype, device=args.device)[0].requires_grad_(False)
-    optimizer = make_optimizer(model, 1e-6)
-    prompts = [encode_prompt(tok, PROBLEM)] * args.prompts
-    B, G, T = args.prompts, args.group_size, args.new_tokens
-    share = not args.no_share_prompts
-    never = -1  # an id no token has: every completion runs the full budget, as a worst case
+class Clock:
+    def __init__(self, device):
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def __call__(self) -> float:
+        self.sync()
+        return time.perf_counter()
+
+
+def grpo_phases(model, ref, optimizer, precision, prompts, G, T, steps, clock, share=True) -> dict:
+    """Median seconds per phase of `steps` GRPO steps (the training loop's calls, in its precision)."""
     phases = {k: [] for k in ("sampling", "reference forward", "policy forward+backward", "optimizer", "step")}
-    for _ in range(args.steps):
+    for _ in range(steps):
         t0 = clock()
-        s = sample(model, prompts, group_size=G, max_new_tokens=T, temperature=1.0, eos_token_id=never,
-                   pad_token_id=tok.pad_token_id)
+        with precision.autocast():
+            s = sample(model, prompts, group_size=G, max_new_tokens=T, temperature=1.0, eos_token_id=NEVER,
+                       pad_token_id=0)
         t1 = clock()
-        with torch.no_grad():
+        with torch.no_grad(), precision.autocast():
             ref_logp, _ = token_logprobs(ref, s.prompt_ids, s.prompt_mask, s.completion_ids, s.completion_mask,
                                          share_prompts=share)
         t2 = clock()
-        logp, _ = token_logprobs(model, s.prompt_ids, s.prompt_mask, s.completion_ids, s.completion_mask,
-                                 share_prompts=share)
-        adv = torch.randn(B * G, device=device)
+        with precision.autocast():
+            logp, _ = token_logprobs(model, s.prompt_ids, s.prompt_mask, s.completion_ids, s.completion_mask,
+                                     share_prompts=share)
+        adv = torch.randn(len(logp), device=logp.device)
         loss, _ = grpo_loss(logp, logp.detach(), ref_logp, adv, s.completion_mask, beta=0.04)
         loss.backward()
         t3 = clock()
@@ -100,40 +97,120 @@ def main():
         t4 = clock()
         for key, value in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
             phases[key].append(value)
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    print(f"one GRPO step, {args.model}{' (random weights)' * args.random_weights}, {B} prompt(s) x G={G}, "
-          f"{T} new tokens, beta 0.04, {args.dtype}, {where}, prompts shared: {share} (median of {args.steps}; first step included):")
-    for key, values in phases.items():
-        print(f"  {key:<26} {statistics.median(values):7.2f} s")
+    return {k: statistics.median(v) for k, v in phases.items()}
 
-    ids = torch.tensor([p for p in prompts for _ in range(G)], device=device)
-    with torch.no_grad():
+
+def decode_ms(model, precision, prompts, rows, T, clock, **kw) -> float:
+    """Milliseconds per decoding step: a full rollout of `rows` completions of T tokens, divided by T
+    (the prefill included), after one warm-up rollout (which also captures CUDA graphs)."""
+    times = []
+    for _ in range(3):
+        refresh_sampler(model)  # as after an optimizer step
+        t0 = clock()
+        with precision.autocast():
+            sample(model, prompts, group_size=rows, max_new_tokens=T, temperature=1.0, eos_token_id=NEVER,
+                   pad_token_id=0, **kw)
+        times.append(clock() - t0)
+    return 1000 * statistics.median(times[1:]) / T
+
+
+def qwen_shaped(args, device, clock, table: list) -> None:
+    """Decoding step (8 rows) and a GRPO step of 8 x 8 x 512 with beta 0.04 on a Qwen2.5-0.5B-shaped model."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+    precision = resolve_precision(args.dtype, device)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(Qwen2Config(**QWEN25_05B), dtype=torch.float32).to(device, precision.weights)
+    ref = AutoModelForCausalLM.from_config(Qwen2Config(**QWEN25_05B), dtype=torch.float32).to(device, precision.compute)
+    ref.requires_grad_(False)
+    optimizer = make_optimizer(model, 1e-6)
+    print(f"Qwen2.5-0.5B-shaped model: {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters, "
+          f"weights {precision.weights}, compute {precision.compute}", flush=True)
+    one = [torch.randint(200, 150000, (128,), generator=torch.Generator().manual_seed(0)).tolist()]
+    ms = decode_ms(model, precision, one, 8, 128, clock)
+    table.append(("decoding step, Qwen2.5-0.5B-shaped, 8 rows", f"{ms:.2f} ms"))
+    prompts = [torch.randint(200, 150000, (128,), generator=torch.Generator().manual_seed(i)).tolist() for i in range(8)]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    phases = grpo_phases(model, ref, optimizer, precision, prompts, 8, args.qwen_new_tokens, args.steps, clock)
+    peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GiB" if device.type == "cuda" else ""
+    text = ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
+    table.append((f"GRPO step, Qwen2.5-0.5B-shaped, 8 prompts x 8 x {args.qwen_new_tokens}, beta 0.04", text + peak))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default=BUILTIN)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=1, help="prompts per step, B")
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", help="as run.py grpo's --dtype (auto: mixed on a GPU)")
+    parser.add_argument("--random-weights", action="store_true", help="the model's shape, random weights")
+    parser.add_argument("--no-share-prompts", action="store_true", help="run each prompt copy in the forwards")
+    parser.add_argument("--decode-rows", default="8", help="comma-separated batch sizes for the decoding step")
+    parser.add_argument("--qwen-shaped", action="store_true", help="also the Qwen2.5-0.5B-shaped model")
+    parser.add_argument("--qwen-new-tokens", type=int, default=512)
+    parser.add_argument("--no-trl", action="store_true")
+    parser.add_argument("--trl-checkpointing", default="default,off", help="TRL runs: default, on, off (comma-separated)")
+    args = parser.parse_args()
+    path = str(builtin_model_dir()) if args.model == BUILTIN else args.model
+    if args.random_weights:
+        path = random_copy(path)
+    device = resolve_device(args.device)
+    clock = Clock(device)
+    precision = resolve_precision(args.dtype, device)
+    torch.manual_seed(0)
+    model, tok = load_model(path, dtype=args.dtype, device=args.device, training=True)
+    ref = load_model(path, dtype=args.dtype, device=args.device)[0].requires_grad_(False)
+    optimizer = make_optimizer(model, 1e-6)
+    prompts = [encode_prompt(tok, PROBLEM)] * args.prompts
+    B, G, T = args.prompts, args.group_size, args.new_tokens
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    mode = f"weights {precision.weights}, compute {precision.compute}"
+    phases = grpo_phases(model, ref, optimizer, precision, prompts, G, T, args.steps, clock, not args.no_share_prompts)
+    print(f"one GRPO step, {args.model}{' (random weights)' * args.random_weights}, {B} prompt(s) x G={G}, "
+          f"{T} new tokens, beta 0.04, {mode}, {where} (median of {args.steps}; first step included):")
+    for key, value in phases.items():
+        print(f"  {key:<26} {value:7.2f} s")
+    table = [(f"GRPO step {B} x {G} x {T}, beta 0.04, ours", f"{phases['step']:.2f} s")]
+
+    sizes = [int(x) for x in args.decode_rows.split(",")]
+    for rows in sizes:
+        ms = decode_ms(model, precision, prompts[:1], rows, T, clock)
+        table.append((f"decoding step, {rows} rows", f"{ms:.2f} ms"))
+        print(f"decoding step, {rows} rows x {T} tokens: {ms:.2f} ms ({rows * 1000 / ms:.0f} tokens/s)", flush=True)
+    forward = decode_ms(model, precision, prompts[:1], sizes[0], T, clock, lean=False)
+    ids = torch.tensor([prompts[0]] * sizes[0], device=device)
+    with torch.no_grad(), precision.autocast():
         t0 = clock()
         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=T, min_new_tokens=T,
                        do_sample=True, pad_token_id=tok.pad_token_id)
-        hf = clock() - t0
-    timings = {}
-    for lean in (True, False):
-        t0 = clock()
-        sample(model, prompts, group_size=G, max_new_tokens=T, temperature=1.0, eos_token_id=never, lean=lean)
-        timings[lean] = clock() - t0
-    n = B * G
-    rate = lambda seconds: f"{seconds:.2f} s ({1000 * seconds / T:.1f} ms/step, {n * T / seconds:.0f} tok/s)"
-    print(f"sampling {n} x {T} tokens: ours {rate(timings[True])}, ours through the model's forward "
-          f"{rate(timings[False])}, HF generate {rate(hf)}", flush=True)
-    if args.no_trl:
-        return
-    ours_step = statistics.median(phases["step"])
-    # one warm-up step more than ours: TRL's first step also builds its dataloader and optimizer
-    for gc in args.trl_checkpointing.split(","):
-        out = json.loads(run_child("trl_grpo.py", "--model", path, "--prompt", json.dumps(prompt_messages(PROBLEM)),
-                                   "--prompts", str(B), "--group-size", str(G), "--new-tokens", str(T),
-                                   "--steps", str(args.steps + 1), "--gradient-checkpointing", gc,
-                                   "--device", device.type, "--dtype", args.dtype).strip().splitlines()[-1])
-        step, gen = statistics.median(out["seconds"][1:]), statistics.median(out["generate"][1:])
-        print(f"TRL GRPOTrainer, gradient checkpointing {'on' if out['gradient_checkpointing'] else 'off'}: "
-              f"step {step:.2f} s (generate {gen:.2f} s), median of {len(out['seconds']) - 1}; "
-              f"ours {ours_step:.2f} s = {ours_step / step:.2f} of TRL's time", flush=True)
+        hf = 1000 * (clock() - t0) / T
+    print(f"  {sizes[0]} rows through the model's own forward: {forward:.2f} ms per step; HF generate {hf:.2f} ms",
+          flush=True)
+    table.append((f"decoding step, {sizes[0]} rows, through the model's forward / HF generate",
+                  f"{forward:.2f} / {hf:.2f} ms"))
+    if args.qwen_shaped:
+        qwen_shaped(args, device, clock, table)
+    if not args.no_trl:
+        # one warm-up step more than ours: TRL's first step also builds its dataloader and optimizer
+        trl_dtype = {"auto": "bf16-mixed" if precision.mixed else "float32"}.get(args.dtype, args.dtype)
+        for gc in args.trl_checkpointing.split(","):
+            out = json.loads(run_child("trl_grpo.py", "--model", path, "--prompt", json.dumps(prompt_messages(PROBLEM)),
+                                       "--prompts", str(B), "--group-size", str(G), "--new-tokens", str(T),
+                                       "--steps", str(args.steps + 1), "--gradient-checkpointing", gc,
+                                       "--device", device.type, "--dtype", trl_dtype).strip().splitlines()[-1])
+            step, gen = statistics.median(out["seconds"][1:]), statistics.median(out["generate"][1:])
+            checkpointing = "on" if out["gradient_checkpointing"] else "off"
+            print(f"TRL GRPOTrainer ({trl_dtype}), gradient checkpointing {checkpointing}: step {step:.2f} s "
+                  f"(generate {gen:.2f} s), median of {len(out['seconds']) - 1}; ours {phases['step']:.2f} s = "
+                  f"{phases['step'] / step:.2f} of TRL's time", flush=True)
+            table.append((f"GRPO step vs TRL 1.16 (checkpointing {checkpointing})",
+                          f"ours {phases['step']:.2f} s, TRL {step:.2f} s: {phases['step'] / step:.2f}x TRL's time"))
+    print(f"\n| figure ({where}, {mode}) | value |\n|---|---|")
+    for figure, value in table:
+        print(f"| {figure} | {value} |")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ One step (DESIGN.md's data flow):
 Deliberate choices:
 - Training log-probs are taken at the sampling temperature, so the trained distribution is the one
   that sampled.
+- Sampling randomness is keyed by (seed, step, global prompt index) (lm/draw.py): a resumed run draws
+  what the uninterrupted one drew, with no generator state to save.
 - With one update per batch, old_logp is the detached current logp (ratio 1, no clipping): no
   extra forward pass.
 - A non-finite loss or gradient skips the update and is logged; three in a row stop the run with
@@ -34,6 +36,7 @@ from grpo.loss import grpo_loss
 from lm import checkpoint as ckpt
 from lm import load_model, sample, token_logprobs
 from lm.chat import encode_prompt
+from lm.draw import prompt_keys
 from lm.precision import resolve_precision
 from recipe.evaluate import eval_metrics
 from rewards import build_rewards, events, score
@@ -75,12 +78,10 @@ def main(config: GRPOConfig) -> dict:
     total_updates = config.max_steps * config.num_iterations
     optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
     scheduler = make_scheduler(optimizer, config.lr_scheduler, int(config.warmup_ratio * total_updates), total_updates)
-    generator = torch.Generator(device=model.device).manual_seed(config.seed)
 
     start_step = 0
     if resume_from:
         state = ckpt.restore_training(resume_from, optimizer, scheduler)
-        generator.set_state(state["sampling_rng"])
         start_step = state["step"]
         print(f"resumed from {resume_from} at step {start_step}")
     open_run(out, config, start_step if resume_from else None, logs=LOGS)
@@ -88,7 +89,7 @@ def main(config: GRPOConfig) -> dict:
     def save(step: int) -> Path:
         return ckpt.save_checkpoint(out, step, model, tokenizer, {
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "sampling_rng": generator.get_state(), "data_position": step * config.prompts_per_step},
+            "data_position": step * config.prompts_per_step},
             keep=config.keep_checkpoints)
 
     def run_eval():
@@ -104,13 +105,15 @@ def main(config: GRPOConfig) -> dict:
     for step in bar:
         t0 = time.perf_counter()
         # ---- algorithm: sample G completions for each of B prompts
-        batch = prompt_rows(rows, config.seed, step * config.prompts_per_step, config.prompts_per_step)
+        position = step * config.prompts_per_step  # global index of the step's first prompt
+        batch = prompt_rows(rows, config.seed, position, config.prompts_per_step)
+        keys = prompt_keys(config.seed, step, range(position, position + config.prompts_per_step))
         model.eval()
         with precision.autocast():
             s = sample(model, [encode_prompt(tokenizer, r["problem"]) for r in batch], group_size=config.group_size,
                        max_new_tokens=config.max_completion_length, temperature=config.temperature,
                        top_p=config.top_p, top_k=config.top_k, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id, generator=generator)
+                       pad_token_id=tokenizer.pad_token_id, keys=keys)
         model.train()
         t_sample = time.perf_counter() - t0
 

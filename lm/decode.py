@@ -8,11 +8,22 @@ step for N = 8 where reading its 538 MB of float32 weights takes ~18 ms, for two
   `torch.ops.mkldnn._reorder_linear_weight`), reaches ~14 GB/s;
 - each layer is ~60 small tensor ops (masks, casts, views, the attention wrapper) at ~15 us each.
 
-`LeanDecoder(model, n)` copies the weights of each layer into four matrices, fused where they read
+`LeanDecoder(model)` copies the weights of each layer into four matrices, fused where they read
 the same input (q|k|v and gate|up), prepacked for oneDNN on a CPU, and `step()` runs the layer in
 ~15 ops: about 50 ms per sampler step here against 97 ms through the model's forward, 1.9x faster
-(`bench/grpo_step.py`). The copy is made per `sample()` call (the policy's
-weights change every optimizer step) and costs ~0.3 s for this model.
+(`bench/grpo_step.py`). The copies are in the compute dtype (under autocast: the sampler's
+bfloat16 copy of float32 master weights). They persist between `sample()` calls, so a CUDA graph
+can read them by address: `refresh()` writes the model's current weights into them in place (on a
+CPU it repacks, ~0.3 s for this model), and `stale()` says when the weights may have changed since:
+an optimizer stepped (any optimizer: a process-wide post-step hook counts them; fused AdamW moves no
+version counter) or a parameter's in-place version counter moved. The sampler refreshes a stale
+decoder before it decodes, so it never samples from old weights.
+
+The step reads and writes a `StaticCache`: per layer a (rows, Hkv, capacity, D) key and value buffer
+allocated once for the whole rollout, and a (rows, capacity) mask of the filled columns; the new
+token's key and value go to column `column` (a device tensor: no host value is needed, as a CUDA
+graph requires). `window` limits attention to the first columns (eager decoding on a CPU, where
+shapes may change); None attends over the whole capacity, masked (a captured graph).
 
 The step computes what the model's forward computes, in the same dtype, to float rounding
 (|logit difference| < 1e-4 in float32, tested against transformers on tiny Llama and Qwen2 models).
@@ -30,10 +41,46 @@ model's forward (lm/logprobs.py), never from here.
 """
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from lm.logprobs import linear_head
 
 SUPPORTED = ("llama", "qwen2")
+_optimizer_steps = 0  # optimizer steps taken in this process, by any optimizer
+
+
+def _count_step(optimizer, args, kwargs) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+# A fused or foreach optimizer writes the weights without moving their version counters, so the
+# version counters alone cannot tell a decoder that its copies are old: every optimizer step counts.
+register_optimizer_step_post_hook(_count_step)
+
+
+class StaticCache:
+    """Keys and values of every layer for `rows` sequences and `capacity` positions, and which
+    positions hold a token (`valid`). Rows can be compacted into a prefix (`keep_first`)."""
+
+    def __init__(self, layers: int, rows: int, kv_heads: int, capacity: int, head_dim: int, dtype, device):
+        shape = (rows, kv_heads, capacity, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.valid = torch.zeros((rows, capacity), dtype=torch.bool, device=device)
+        self.capacity = capacity
+
+    def load(self, prefill_layers, prompt_mask: torch.Tensor, row_of: torch.Tensor) -> None:
+        """Copy a prefill's (B, Hkv, P, D) caches into the first P columns; row i takes prompt row_of[i]."""
+        P = prompt_mask.shape[1]
+        for k, v, layer in zip(self.keys, self.values, prefill_layers):
+            k[:len(row_of), :, :P] = layer.keys[row_of]
+            v[:len(row_of), :, :P] = layer.values[row_of]
+        self.valid.zero_()
+        self.valid[:len(row_of), :P] = prompt_mask[row_of].bool()
+
+    def buffers(self) -> list[torch.Tensor]:
+        return [*self.keys, *self.values, self.valid]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -51,12 +98,22 @@ class Linear:
     """y = x W^T + b with W prepacked for oneDNN on a CPU (float32), else a plain `F.linear`."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int):
-        self.weight, self.bias, self.packed = weight, bias, False
+        self.weight, self.bias, self.packed, self.rows = weight, bias, False, rows
         if weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available():
             try:
                 self.weight, self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows), True
             except (RuntimeError, AttributeError):  # a build without the op: stay with MKL
                 pass
+
+    def refresh(self, *layers: torch.nn.Linear) -> None:
+        """The given layers' current weights, side by side: in place, or repacked on a CPU."""
+        weight = torch.cat([layer.weight.detach() for layer in layers])
+        if self.bias is not None:
+            self.bias.copy_(torch.cat([layer.bias.detach() for layer in layers]))
+        if self.packed:
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, self.rows)
+        else:
+            self.weight.copy_(weight)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed:
@@ -90,49 +147,86 @@ class LeanDecoder:
                 and not getattr(config, "use_sliding_window", False) and linear_head(model) is not None)
 
     @torch.no_grad()
-    def __init__(self, model, rows: int):
+    def __init__(self, model, rows: int = 8):
         config = model.config
-        self.body = model.base_model
+        self.model, self.body, self.rows = model, model.base_model, rows
         # the weight copies are in the compute dtype: under autocast (float32 master weights, bfloat16
         # compute) they are the sampler's bfloat16 copy of the weights, and the step runs without autocast
-        self.dtype = dtype = compute_dtype(model)
+        self.dtype = compute_dtype(model)
         self.device_type = model.device.type
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.layers = []
-        for layer in self.body.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            self.layers.append(dict(
-                norm1=layer.input_layernorm.weight.detach().to(dtype),
-                norm2=layer.post_attention_layernorm.weight.detach().to(dtype),
-                qkv=fused(attn.q_proj, attn.k_proj, attn.v_proj, rows=rows, dtype=dtype),
-                o=fused(attn.o_proj, rows=rows, dtype=dtype),
-                gate_up=fused(mlp.gate_proj, mlp.up_proj, rows=rows, dtype=dtype),
-                down=fused(mlp.down_proj, rows=rows, dtype=dtype), scale=attn.scaling))
         self.eps = config.rms_norm_eps
-        self.final_norm = self.body.norm.weight.detach().to(dtype)
-        self.head = fused(linear_head(model), rows=rows, dtype=dtype)
+        self.layers = [dict(scale=layer.self_attn.scaling) for layer in self.body.layers]
+        self.refresh()
+
+    def sources(self):
+        """(name, layer index or None, the model's modules whose weights it holds) for every copy."""
+        for i, layer in enumerate(self.body.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            yield "norm1", i, layer.input_layernorm
+            yield "norm2", i, layer.post_attention_layernorm
+            yield "qkv", i, (attn.q_proj, attn.k_proj, attn.v_proj)
+            yield "o", i, (attn.o_proj,)
+            yield "gate_up", i, (mlp.gate_proj, mlp.up_proj)
+            yield "down", i, (mlp.down_proj,)
+        yield "final_norm", None, self.body.norm
+        yield "head", None, (linear_head(self.model),)
 
     @torch.no_grad()
-    def step(self, tokens: torch.Tensor, position: torch.Tensor, cache, attention_mask: torch.Tensor) -> torch.Tensor:
-        """tokens (n,), position (n, 1), `cache` with one `update(k, v)` layer per model layer (the
-        sampler's PreallocatedLayer), attention_mask (n, L) over the cache including this token
-        -> (n, V) next-token logits, computed in self.dtype with autocast off."""
-        with torch.autocast(self.device_type, enabled=False):
-            return self._step(tokens, position, cache, attention_mask)
+    def refresh(self) -> None:
+        """Write the model's current weights into the copies (in place where they exist, so a captured
+        graph reads the new ones); the weight-refresh hook for anything that changes the weights."""
+        for name, i, source in self.sources():
+            home = self.layers[i] if i is not None else self.__dict__
+            if isinstance(source, tuple):
+                if name in home:
+                    home[name].refresh(*source)
+                else:
+                    home[name] = fused(*source, rows=self.rows, dtype=self.dtype)
+            elif name in home:
+                home[name].copy_(source.weight)
+            else:
+                home[name] = source.weight.detach().to(self.dtype).clone()
+        self._versions = self.versions()
 
-    def _step(self, tokens, position, cache, attention_mask):
-        n, Hq, Hkv, D = tokens.shape[0], self.heads, self.kv_heads, self.head_dim
+    def versions(self) -> tuple[int, list[int]]:
+        return _optimizer_steps, [p._version for p in self.model.parameters()]
+
+    def stale(self) -> bool:
+        """True when an optimizer stepped or a parameter was changed in place since the last refresh."""
+        return self.versions() != self._versions
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, position: torch.Tensor, cache: StaticCache, column: torch.Tensor,
+             rows: int, window: int | None = None) -> torch.Tensor:
+        """One decoding step for the first `rows` rows of `cache`: tokens (n,) at positions (n,), their
+        keys and values written to `column` (0-dim tensor), attention over the valid columns (the first
+        `window`, or all) -> (n, V) next-token logits, computed in self.dtype with autocast off."""
+        with torch.autocast(self.device_type, enabled=False):
+            return self._step(tokens, position, cache, column, rows, window)
+
+    def _step(self, tokens, position, cache, column, n, window):
+        Hq, Hkv, D = self.heads, self.kv_heads, self.head_dim
+        W = window or cache.capacity
         h = self.body.embed_tokens(tokens).to(self.dtype)                             # (n, H)
-        cos, sin = (c.unsqueeze(1) for c in self.body.rotary_emb(h, position))        # (n, 1, 1, D)
-        mask = torch.zeros(attention_mask.shape, dtype=h.dtype, device=h.device)
-        mask = mask.masked_fill_(attention_mask == 0, float("-inf"))[:, None, None]   # (n, 1, 1, L)
-        for layer, cached in zip(self.layers, cache.layers):
+        cos, sin = (c[:, None] for c in self.body.rotary_emb(h, position[:, None]))   # (n, 1, 1, D)
+        valid = cache.valid[:n]
+        valid.index_fill_(1, column.view(1), True)
+        mask = torch.zeros((n, W), dtype=h.dtype, device=h.device).masked_fill_(~valid[:, :W], float("-inf"))
+        mask = mask[:, None, None]                                                    # (n, 1, 1, W)
+        for layer, keys, values in zip(self.layers, cache.keys, cache.values):
             q, k, v = layer["qkv"](rms_norm(h, layer["norm1"], self.eps)).split([Hq * D, Hkv * D, Hkv * D], -1)
             q = rotate(q.view(n, Hkv, Hq // Hkv, D), cos, sin)   # (n, Hkv, G, D): query heads by their kv head
-            k, v = cached.update(rotate(k.view(n, Hkv, 1, D), cos, sin), v.view(n, Hkv, 1, D))  # (n, Hkv, L, D)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=layer["scale"])  # (n, Hkv, G, D)
+            keys[:n].index_copy_(2, column.view(1), rotate(k.view(n, Hkv, 1, D), cos, sin))
+            values[:n].index_copy_(2, column.view(1), v.view(n, Hkv, 1, D))
+            out = F.scaled_dot_product_attention(q, keys[:n, :, :W], values[:n, :, :W], attn_mask=mask,
+                                                 scale=layer["scale"])                 # (n, Hkv, G, D)
             h = h + layer["o"](out.reshape(n, Hq * D))
             gate, up = layer["gate_up"](rms_norm(h, layer["norm2"], self.eps)).chunk(2, -1)
             h = h + layer["down"](F.silu(gate).mul_(up))
         return self.head(rms_norm(h, self.final_norm, self.eps))                      # (n, V)
+
+    def new_cache(self, rows: int, capacity: int) -> StaticCache:
+        return StaticCache(len(self.layers), rows, self.kv_heads, capacity, self.head_dim, self.dtype,
+                           self.model.device)

@@ -1,32 +1,40 @@
-"""Batched sampling with a KV cache: P prompts x G completions each.
+"""Batched sampling with a KV cache: B prompts x G completions each.
 
 Shapes: B prompts, G completions per prompt, N = B*G sequences, P prompt length (after left
 padding), T new tokens, V vocabulary.
 
-1. The B prompts are left-padded to one length and run once (prefill): the group of G completions of
-   a prompt shares its prompt's prefill, whose KV cache is then repeated G times.
+1. The B prompts are left-padded to one length and run once through the model (prefill): the group
+   of G completions of a prompt shares its prompt's prefill, whose KV cache is then repeated G times.
 2. Each decoding step feeds the N last tokens with their own positions (a padded prompt's positions
-   start at 0 at its first real token) and the attention mask grown by one column.
+   start at 0 at its first real token).
 3. A sequence is finished at its first EOS; later tokens are padding. The completion mask covers the
    tokens up to and including that first EOS, also when pad == eos. A sequence with no EOS within the
    budget is truncated.
+4. Randomness is keyed (lm/draw.py): completion g of a prompt with key k draws its t-th token with
+   u = hash(k, g, t). Pass `keys` (one per prompt; GRPO derives them from the seed, the step and the
+   prompt's global index) and a completion comes out the same in any batch; without keys they are
+   drawn from `generator`. The sampler's own log-prob of every token it drew is returned
+   (`sampler_logp`), so the trainer's log-probs can be compared with the sampler's.
 
-Three things keep a decoding step close to the cost of reading the weights once:
-- Llama-family models decode with `LeanDecoder` (lm/decode.py): fused, prepacked weights and ~15
-  ops per layer instead of transformers' forward, about 2x faster per step on a CPU;
-- the KV cache is allocated once for P + T positions (`PreallocatedLayer`): a step writes one column
-  in place, where transformers' DynamicCache concatenates, i.e. copies the whole cache, every step;
-- finished sequences leave the batch (their rows of the cache are dropped) once a quarter of the
-  running ones have finished, so a group whose answers are short stops paying for its longest one.
+Llama-family models (Llama, SmolLM, Qwen2) decode with the lean step (lm/decode.py: fused weights,
+~15 ops a layer) over a static cache (lm/rollout.py): eager on a CPU, CUDA graphs on a GPU. The
+decoder and its weight copies persist per model and are refreshed before a call whenever the
+model's parameters changed (`refresh_sampler(model)` forces it, for changes the version counters do
+not see). Other models decode through their own forward, with a preallocated cache
+(`PreallocatedLayer`) and finished sequences leaving the batch.
 """
+import weakref
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from lm.decode import LeanDecoder
+import lm.draw as drawing
+from lm.decode import LeanDecoder, compute_dtype
+from lm.draw import filter_logits, row_keys  # noqa: F401  (filter_logits: shared with the trainer)
 from lm.logprobs import linear_head
+from lm.rollout import Rollout
 
 
 @dataclass
@@ -36,18 +44,19 @@ class Samples:
     completion_ids: torch.Tensor   # (N, T) padded after the first EOS
     completion_mask: torch.Tensor  # (N, T) 1 up to and including the first EOS
     truncated: torch.Tensor        # (N,) bool: no EOS within max_new_tokens
+    sampler_logp: torch.Tensor     # (N, T) float32 log-prob of each drawn token under the distribution
+                                   # drawn from (temperature, top-k, top-p); 0 after the first EOS
 
 
 class PreallocatedLayer(DynamicLayer):
     """One layer's KV cache in a buffer of `capacity` positions: `update` writes the new columns in
     place and returns views of the filled part (no copy of the cache per step)."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int, dtype: torch.dtype | None = None):
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
         super().__init__()
         n, heads, length, dim = keys.shape
-        dtype = dtype or keys.dtype
-        self.buffers = [keys.new_empty(n, heads, capacity, dim, dtype=dtype),
-                        values.new_empty(n, heads, capacity, dim, dtype=dtype)]
+        dtype = keys.dtype
+        self.buffers = [keys.new_empty(n, heads, capacity, dim), values.new_empty(n, heads, capacity, dim)]
         self.buffers[0][:, :, :length], self.buffers[1][:, :, :length] = keys, values
         self.dtype, self.device, self.is_initialized = dtype, keys.device, True
         self.length = length
@@ -81,35 +90,6 @@ def left_pad(sequences: list[list[int]], pad_id: int, device=None) -> tuple[torc
     return ids.to(device), mask.to(device)
 
 
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Keep the top_k largest logits and the smallest set whose probability reaches top_p; -inf elsewhere."""
-    if top_k and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]                  # (N, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)       # (N, V)
-        probs = sorted_logits.softmax(-1)
-        # drop a token when the tokens strictly before it already reach top_p (the first always stays)
-        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def next_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
-               generator: torch.Generator | None) -> torch.Tensor:
-    """(N, V) logits -> (N,) token ids. temperature 0 is greedy."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
-    # Inverse-CDF draw: the first token whose cumulative probability exceeds u ~ U[0, 1) times the
-    # total. Exactly a categorical sample, and 20x cheaper here than torch.multinomial, which draws
-    # one exponential per vocabulary entry (50 ms per step for 32 x 49152 on a 2-core CPU).
-    cdf = probs.double().cumsum(-1)                                              # (N, V)
-    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64, device=probs.device)
-    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
-
-
 def completion_mask_from(ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask, truncated) for (N, T) completion ids: the mask keeps tokens up to the first EOS."""
     is_eos = ids == eos_id                                                        # (N, T)
@@ -132,14 +112,39 @@ def last_logits(model, **inputs) -> torch.Tensor:
     return logits + head.bias if head.bias is not None else logits
 
 
+_decoders: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def lean_decoder(model) -> LeanDecoder | None:
+    """The model's persistent lean decoder (None for models it does not cover), rebuilt when the
+    compute dtype changed and refreshed when the model's weights changed since its last use."""
+    if not LeanDecoder.supports(model):
+        return None
+    decoder = _decoders.get(model)
+    if decoder is None or decoder.dtype != compute_dtype(model) or decoder.model.device != model.device:
+        decoder = _decoders[model] = LeanDecoder(model)
+    elif decoder.stale():
+        decoder.refresh()
+    return decoder
+
+
+def refresh_sampler(model) -> None:
+    """The weight-refresh hook: write the model's weights into the sampler's copies now (for changes
+    that do not move the parameters' version counters, such as merged adapters)."""
+    if model in _decoders:
+        _decoders[model].refresh()
+
+
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], *, group_size: int = 1, max_new_tokens: int = 128,
            temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, eos_token_id: int,
            pad_token_id: int | None = None, generator: torch.Generator | None = None,
-           drop_finished: bool = True, lean: bool = True) -> Samples:
+           keys: torch.Tensor | list[int] | None = None, drop_finished: bool = True, lean: bool = True,
+           cuda_graphs: bool | None = None) -> Samples:
     """Sample `group_size` completions for each tokenised prompt (see the module docstring).
-    `drop_finished=False` keeps finished sequences in the batch (same tokens, more compute);
-    `lean=False` runs every decoding step through the model's own forward."""
+    `keys`: one random key per prompt (else drawn from `generator`); `drop_finished=False` keeps
+    finished sequences in the batch (same tokens, more compute); `lean=False` decodes through the
+    model's own forward; `cuda_graphs` (default: on a GPU) replays the lean step as CUDA graphs."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("sample() needs at least one prompt and no empty prompt")
     device = next(model.parameters()).device
@@ -148,44 +153,84 @@ def sample(model, prompts: list[list[int]], *, group_size: int = 1, max_new_toke
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)                  # (B, P)
     B, P = prompt_ids.shape
     N = B * G
+    if keys is None:
+        gen_device = generator.device if generator is not None else "cpu"
+        keys = torch.randint(0, 2 ** 31, (B,), generator=generator, device=gen_device)
+    keys = row_keys(torch.as_tensor(keys, dtype=torch.int64).to(device), G)     # (N,)
+    settings = (temperature, top_k, top_p, eos_token_id, pad_id)
 
-    # Prefill once per prompt, then share the cache across the group.
+    # Prefill once per prompt; the first token comes from its logits.
     cache = DynamicCache(config=model.config)
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)                        # (B, P)
     logits = last_logits(model, input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
                          past_key_values=cache, use_cache=True).repeat_interleave(G, 0)   # (N, V)
+    first, first_logp = drawing.draw(logits, keys, 0, temperature, top_k, top_p)   # (N,), (N,)
+    decoder = lean_decoder(model) if lean and T > 1 else None
+    if decoder is not None:
+        ids, logp = static_decode(decoder, cache, prompt_mask, positions, first, first_logp, keys, G, T,
+                                  settings, drop_finished, device.type == "cuda" if cuda_graphs is None else cuda_graphs)
+    else:
+        ids, logp = forward_decode(model, cache, prompt_mask, positions, first, first_logp, keys, G, T,
+                                   settings, drop_finished)
+    mask, truncated = completion_mask_from(ids, eos_token_id)
+    width = int(mask.sum(-1).max())  # columns after every completion's end hold only padding
+    prompt_mask = prompt_mask.repeat_interleave(G, 0)
+    return Samples(prompt_ids.repeat_interleave(G, 0), prompt_mask, ids[:, :width], mask[:, :width], truncated,
+                   logp[:, :width])
+
+
+_rollouts: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def static_decode(decoder, cache, prompt_mask, positions, first, first_logp, keys, G, T, settings,
+                  drop_finished, graphs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, T) ids and log-probs from the lean step over a static cache (lm/rollout.py). With graphs,
+    the rollout (and its captured graphs) is kept for the next call of the same shape, its cache
+    rounded up to 256 columns so that prompts of other lengths reuse it."""
+    N, P = len(keys), prompt_mask.shape[1]
+    capacity = -(-(P + T) // 256) * 256 if graphs else P + T
+    if graphs:
+        kept = _rollouts.setdefault(decoder, {})
+        fits = [r for (n, t, c), r in kept.items() if n == N and t == T and c >= P + T]
+        rollout = fits[0] if fits else kept.setdefault((N, T, capacity), Rollout(decoder, N, T, capacity, True))
+    else:
+        rollout = Rollout(decoder, N, T, capacity, False)
+    row_of = torch.arange(N, device=keys.device) // G
+    rollout.start(cache.layers, prompt_mask, row_of, first, first_logp, positions[row_of, -1], keys, settings)
+    rollout.run(decoder, settings, drop_finished)
+    return rollout.out_ids.clone(), rollout.out_logp.clone()
+
+
+def forward_decode(model, cache, prompt_mask, positions, first, first_logp, keys, G, T, settings,
+                   drop_finished) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, T) ids and log-probs, each step through the model's own forward (models the lean step does
+    not cover): a preallocated cache, finished sequences leave the batch once a quarter finished."""
+    temperature, top_k, top_p, eos_id, pad_id = settings
+    N, P = len(keys), prompt_mask.shape[1]
+    device = keys.device
     if G > 1:
         cache.batch_repeat_interleave(G)
-    decoder = LeanDecoder(model, N) if lean and T > 1 and LeanDecoder.supports(model) else None
-    cache.layers = [PreallocatedLayer(layer.keys, layer.values, P + T, decoder and decoder.dtype)
-                    for layer in cache.layers]
+    cache.layers = [PreallocatedLayer(layer.keys, layer.values, P + T) for layer in cache.layers]
     attention = torch.ones((N, P + T), dtype=torch.long, device=device)         # preallocated
     attention[:, :P] = prompt_mask.repeat_interleave(G, 0)
     position = positions[:, -1:].repeat_interleave(G, 0)                         # (N, 1)
-
-    tokens = torch.full((N, T), pad_id, dtype=torch.long, device=device)
-    running = torch.arange(N, device=device)   # rows of `tokens` still in the batch, in batch order
-    finished = torch.zeros(N, dtype=torch.bool, device=device)                   # over the batch rows
-    steps = 0
-    for t in range(T):
-        token = next_token(logits, temperature, top_k, top_p, generator)         # (n,) n = len(running)
-        tokens[running, t] = torch.where(finished, pad_id, token)
-        finished |= token == eos_token_id
-        steps = t + 1
-        if finished.all() or t == T - 1:
+    ids = torch.full((N, T), pad_id, dtype=torch.long, device=device)
+    logp = torch.zeros((N, T), dtype=torch.float32, device=device)
+    ids[:, 0], logp[:, 0] = first, first_logp
+    running = torch.arange(N, device=device)   # rows of `ids` still in the batch, in batch order
+    finished = first == eos_id                                                    # over the batch rows
+    for t in range(1, T):
+        if finished.all():
             break
         if drop_finished and finished.sum() * 4 >= len(running):
             keep = (~finished).nonzero().squeeze(-1)
             cache.batch_select_indices(keep)
             running, finished, position, attention = running[keep], finished[keep], position[keep], attention[keep]
         position = position + 1
-        if decoder is not None:
-            logits = decoder.step(tokens[running, t], position, cache, attention[:, :P + t + 1])  # (n, V)
-        else:
-            logits = last_logits(model, input_ids=tokens[running, t:t + 1], attention_mask=attention[:, :P + t + 1],
-                                 position_ids=position, past_key_values=cache, use_cache=True)
-
-    tokens = tokens[:, :steps]
-    mask, truncated = completion_mask_from(tokens, eos_token_id)
-    prompt_mask = prompt_mask.repeat_interleave(G, 0)
-    return Samples(prompt_ids.repeat_interleave(G, 0), prompt_mask, tokens, mask, truncated)
+        logits = last_logits(model, input_ids=ids[running, t - 1:t], attention_mask=attention[:, :P + t],
+                             position_ids=position, past_key_values=cache, use_cache=True)   # (n, V)
+        token, token_logp = drawing.draw(logits, keys[running], t, temperature, top_k, top_p)
+        ids[running, t] = torch.where(finished, pad_id, token)
+        logp[running, t] = token_logp.masked_fill(finished, 0.0)
+        finished |= token == eos_id
+    return ids, logp

@@ -44,10 +44,12 @@ class SampleConfig:
 
 
 def best_completions(records: list[dict], min_score: float) -> list[dict]:
-    """Per record, the highest-scoring completion at or above min_score (ties: the shortest)."""
+    """Per record, the highest-scoring completion at or above min_score (ties: the shortest). An empty
+    completion (the model's first token was EOS) is never kept: it is no answer to train on."""
     kept = []
     for r in records:
-        ranked = sorted(range(len(r["completions"])), key=lambda i: (-r["score"][i], r["lengths"][i]))
+        ranked = sorted((i for i, c in enumerate(r["completions"]) if c.strip()),
+                        key=lambda i: (-r["score"][i], r["lengths"][i]))
         if ranked and r["score"][ranked[0]] >= min_score:
             i = ranked[0]
             kept.append({"prompt": [{"role": "system", "content": SYSTEM_PROMPT},

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-import lm.sampling
+import lm.draw
 from lm.chat import encode_prompt
 from lm.decode import LeanDecoder
 from lm.sampling import sample
@@ -31,10 +31,10 @@ def tiny_qwen2(tok):
 
 def logits_of_each_step(monkeypatch, model, prompts, **kw):
     """(samples, [(n, V) logits of each decoding step]) with the sampler's token choice spied on."""
-    seen, choose = [], lm.sampling.next_token
-    monkeypatch.setattr(lm.sampling, "next_token", lambda logits, *a: (seen.append(logits), choose(logits, *a))[1])
+    seen, choose = [], lm.draw.draw
+    monkeypatch.setattr(lm.draw, "draw", lambda logits, *a: (seen.append(logits.clone()), choose(logits, *a))[1])
     out = sample(model, prompts, **kw)
-    monkeypatch.setattr(lm.sampling, "next_token", choose)
+    monkeypatch.setattr(lm.draw, "draw", choose)
     return out, seen
 
 

@@ -12,10 +12,12 @@ def test_best_completion_per_prompt_with_threshold():
     records = [
         {"problem": "a", "solution": "1", "completions": ["x", "yy", "z"], "score": [0.5, 1.5, 1.5], "lengths": [1, 2, 1]},
         {"problem": "b", "solution": "2", "completions": ["p", "q"], "score": [0.2, 0.9], "lengths": [1, 1]},
+        {"problem": "c", "solution": "3", "completions": [" ", "w"], "score": [2.0, 1.2], "lengths": [0, 1]},
     ]
     kept = best_completions(records, min_score=1.0)
-    # prompt a: 1.5 twice, the shorter ("z") wins; prompt b: best 0.9 < 1.0, nothing kept
-    assert [(k["problem"], k["completion"], k["score"]) for k in kept] == [("a", "z", 1.5)]
+    # prompt a: 1.5 twice, the shorter ("z") wins; prompt b: best 0.9 < 1.0, nothing kept; prompt c: the
+    # empty completion (EOS first) scored best but is no answer, so "w"
+    assert [(k["problem"], k["completion"], k["score"]) for k in kept] == [("a", "z", 1.5), ("c", "w", 1.2)]
 
 
 def test_pass_at_k_and_wilson_by_hand():

@@ -1,7 +1,8 @@
 import torch
 
 from lm.chat import encode_prompt
-from lm.sampling import completion_mask_from, filter_logits, sample
+from lm.draw import filter_logits
+from lm.sampling import completion_mask_from, sample
 
 
 def test_completion_mask_keeps_first_eos_and_nothing_after_when_pad_is_eos():
