@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
+from common import dist
 from common.config import arg
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps
 from common.runlog import append_jsonl, open_run, plot_metrics
@@ -113,18 +114,20 @@ def logits_at_targets(model, batch, device) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def main(config: DistillConfig) -> dict:
+    device = dist.init(config.device)  # several processes under torchrun; one otherwise
+    mine = dist.my_slice(config.gradient_accumulation_steps, "--gradient-accumulation-steps")  # this rank's
     resume_from, out = ckpt.start_run(config.output_dir, config.resume, config.overwrite)
-    teacher, tokenizer = load_model(config.teacher, dtype=config.dtype, device=config.device)  # forward only
+    teacher, tokenizer = load_model(config.teacher, dtype=config.dtype, device=device)  # forward only
     teacher.requires_grad_(False)
     precision = resolve_precision(config.dtype, teacher.device)
     if resume_from or config.student:
-        student, student_tok = load_model(str(resume_from or config.student), dtype=config.dtype, device=config.device,
+        student, student_tok = load_model(str(resume_from or config.student), dtype=config.dtype, device=device,
                                           training=True)
         check_same_tokenizer(tokenizer, student_tok, config.teacher, str(resume_from or config.student))
     else:
         layers = layer_choice(config.student_from_teacher_layers, teacher.config.num_hidden_layers)
         student = student_from_teacher(teacher, layers).to(precision.weights)
-        print(f"student: teacher layers {layers} ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M "
+        dist.is_main() and print(f"student: teacher layers {layers} ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M "
               f"parameters, teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M)")
     stream, report, n_units = prepare(tokenizer, config.dataset, config.train_examples, config.max_length,
                                       "truncate", config.packing, config.batch_size, config.seed)
@@ -132,23 +135,26 @@ def main(config: DistillConfig) -> dict:
     scheduler = make_scheduler(optimizer, config.lr_scheduler, int(config.warmup_ratio * config.max_steps),
                                config.max_steps)
     start_step = ckpt.restore_training(resume_from, optimizer, scheduler)["step"] if resume_from else 0
-    open_run(out, config, start_step if resume_from else None)
+    if dist.is_main():
+        open_run(out, config, start_step if resume_from else None)
     eval_rows = load_math(config.eval_dataset, "test", config.eval_problems) if config.eval_every >= 0 else []
 
-    def run_eval():
+    def run_eval():  # each rank evaluates its share of the held-out problems
         with precision.autocast():
-            return eval_metrics(student, tokenizer, eval_rows, config.eval_max_new_tokens)
+            metrics = eval_metrics(student, tokenizer, eval_rows[dist.rank()::dist.world()], config.eval_max_new_tokens)
+        return dist.mean_over_ranks(metrics, weight=len(eval_rows[dist.rank()::dist.world()]))
 
     if eval_rows and start_step == 0:
-        append_jsonl(out / "metrics.jsonl", {"step": 0, **run_eval()})
+        first_eval = run_eval()
+        dist.is_main() and append_jsonl(out / "metrics.jsonl", {"step": 0, **first_eval})
     student.train()
     device, accum, last, bad_steps = student.device, config.gradient_accumulation_steps, {}, 0
     bar = tqdm(range(start_step, config.max_steps), desc="distill", unit="step", initial=start_step,
-               total=config.max_steps)
+               total=config.max_steps, disable=not dist.is_main())
     for step in bar:
         t0 = time.perf_counter()
-        micro = [stream[p] for p in range(step * accum, (step + 1) * accum)]
-        n_targets = max(1, sum(b.num_targets for b in micro))
+        micro = [stream[step * accum + i] for i in mine]  # this rank's micro-batches of the step
+        n_targets = max(1, int(dist.all_sum(sum(b.num_targets for b in micro))))  # the whole step's
         totals = {"loss": 0.0, "kd": 0.0, "ce": 0.0}
         for batch in micro:
             # ---- algorithm: teacher and student distributions at the labelled positions
@@ -166,6 +172,8 @@ def main(config: DistillConfig) -> dict:
             totals["loss"] += loss.item()
             totals["kd"] += stats["kd"]
             totals["ce"] += stats["ce"]
+        totals = dist.sum_dicts(totals)
+        dist.sum_gradients(student)
         grad_norm, stepped = clipped_step(student, optimizer, scheduler, totals["loss"], config.max_grad_norm, step + 1)
         bad_steps = 0 if stepped else bad_steps + 1
         # ---- plumbing: metrics, checkpoints, eval
@@ -176,13 +184,16 @@ def main(config: DistillConfig) -> dict:
         if (config.eval_every > 0 and (step + 1) % config.eval_every == 0) or (
                 config.eval_every == 0 and eval_rows and step + 1 == config.max_steps):
             record.update(run_eval())
-        append_jsonl(out / "metrics.jsonl", record)
+        if dist.is_main():
+            append_jsonl(out / "metrics.jsonl", record)
         bar.set_postfix(loss=f"{totals['loss']:.3f}", kd=f"{totals['kd']:.3f}")
         last = record
         stop_after_bad_steps(bad_steps, step + 1, ckpt.latest_checkpoint(out))
         if (step + 1) % config.save_every == 0 or step + 1 == config.max_steps:
-            ckpt.save_checkpoint(out, step + 1, student, tokenizer, {
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "data_position": (step + 1) * accum}, keep=config.keep_checkpoints)
-            plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "distillation")
+            if dist.is_main():
+                ckpt.save_checkpoint(out, step + 1, student, tokenizer, {
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "data_position": (step + 1) * accum}, keep=config.keep_checkpoints)
+                plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "distillation")
+            dist.barrier()
     return last

@@ -22,8 +22,9 @@ SCALES = ("group", "batch", "none")
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: str = "group",
-                     eps: float = 1e-4) -> torch.Tensor:
-    """(N,) rewards -> (N,) advantages; see the module docstring."""
+                     eps: float = 1e-4, batch_std: float | None = None) -> torch.Tensor:
+    """(N,) rewards -> (N,) advantages; see the module docstring. `batch_std` replaces std(r_all) for
+    scale="batch" when the batch is spread over several processes (each holds whole groups)."""
     if rewards.dim() != 1:
         raise ValueError(f"rewards must have shape (N,), got {tuple(rewards.shape)}")
     if group_size < 2:
@@ -40,7 +41,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: str = "gr
     if scale == "group":
         adv = centered / (r.std(dim=1, keepdim=True) + eps)
     elif scale == "batch":
-        adv = centered / (rewards.std() + eps)
+        adv = centered / ((rewards.std() if batch_std is None else batch_std) + eps)
     else:
         adv = centered
     all_equal = (r == r[:, :1]).all(dim=1, keepdim=True)                          # (B, 1)

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from common import dist
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps
 from common.runlog import append_jsonl, open_run, plot_metrics
 from grpo.advantages import group_advantages
@@ -58,14 +59,16 @@ def prompt_rows(rows: list[dict], seed: int, position: int, count: int) -> list[
 
 
 def main(config: GRPOConfig) -> dict:
+    device = dist.init(config.device)  # several processes under torchrun; one otherwise
+    mine = dist.my_slice(config.prompts_per_step, "--prompts-per-step")  # this rank's prompts of each step
     resume_from, out = ckpt.start_run(config.output_dir, config.resume, config.overwrite, LOGS)
     torch.manual_seed(config.seed)
     model, tokenizer = load_model(str(resume_from) if resume_from else config.model, dtype=config.dtype,
-                                  device=config.device, trust_remote_code=config.trust_remote_code, training=True)
+                                  device=device, trust_remote_code=config.trust_remote_code, training=True)
     precision = resolve_precision(config.dtype, model.device)  # float32 weights, bfloat16 compute on a GPU
     ref_model = None
     if config.beta > 0:  # the reference is always the starting model, also on resume; it runs forward only
-        ref_model = (load_model(config.model, dtype=config.dtype, device=config.device)[0] if resume_from
+        ref_model = (load_model(config.model, dtype=config.dtype, device=device)[0] if resume_from
                      else copy.deepcopy(model).to(precision.compute)).eval().requires_grad_(False)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -74,6 +77,7 @@ def main(config: GRPOConfig) -> dict:
     rows = load_math(config.dataset, "train", config.train_problems, seed=config.seed)
     eval_rows = (load_math(config.eval_dataset or config.dataset, "test", config.eval_problems, seed=config.seed)
                  if config.eval_every >= 0 else [])
+    my_eval_rows = eval_rows[dist.rank()::dist.world()]
     specs = build_rewards(config.reward_funcs, config.reward_weights, config.max_completion_length)
     total_updates = config.max_steps * config.num_iterations
     optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
@@ -84,7 +88,8 @@ def main(config: GRPOConfig) -> dict:
         state = ckpt.restore_training(resume_from, optimizer, scheduler)
         start_step = state["step"]
         print(f"resumed from {resume_from} at step {start_step}")
-    open_run(out, config, start_step if resume_from else None, logs=LOGS)
+    if dist.is_main():
+        open_run(out, config, start_step if resume_from else None, logs=LOGS)
 
     def save(step: int) -> Path:
         return ckpt.save_checkpoint(out, step, model, tokenizer, {
@@ -92,22 +97,23 @@ def main(config: GRPOConfig) -> dict:
             "data_position": step * config.prompts_per_step},
             keep=config.keep_checkpoints)
 
-    def run_eval():
+    def run_eval():  # each rank evaluates its share of the held-out problems
         with precision.autocast():
-            return eval_metrics(model, tokenizer, eval_rows, config.max_completion_length, config.seed)
+            metrics = eval_metrics(model, tokenizer, my_eval_rows, config.max_completion_length, config.seed)
+        return dist.mean_over_ranks(metrics, weight=len(my_eval_rows))
 
     first_eval = run_eval() if eval_rows and start_step == 0 else {}
-    if first_eval:
+    if first_eval and dist.is_main():
         append_jsonl(out / "metrics.jsonl", {"step": 0, **first_eval})
     bad_steps, last, started = 0, {}, time.perf_counter()
     bar = tqdm(range(start_step, config.max_steps), desc="grpo", unit="step",
-               initial=start_step, total=config.max_steps)
+               initial=start_step, total=config.max_steps, disable=not dist.is_main())
     for step in bar:
         t0 = time.perf_counter()
         # ---- algorithm: sample G completions for each of B prompts
-        position = step * config.prompts_per_step  # global index of the step's first prompt
-        batch = prompt_rows(rows, config.seed, position, config.prompts_per_step)
-        keys = prompt_keys(config.seed, step, range(position, position + config.prompts_per_step))
+        first = step * config.prompts_per_step + mine.start  # global index of this rank's first prompt
+        batch = prompt_rows(rows, config.seed, first, len(mine))
+        keys = prompt_keys(config.seed, step, range(first, first + len(mine)))
         model.eval()
         with precision.autocast():
             s = sample(model, [encode_prompt(tokenizer, r["problem"]) for r in batch], group_size=config.group_size,
@@ -125,8 +131,9 @@ def main(config: GRPOConfig) -> dict:
         columns = {k: [r[k] for r in batch for _ in range(G)] for k in batch[0] if k != "worked"}
         columns["completion_length"] = lengths.tolist()
         per_reward, total = score(specs, texts, columns)
-        rewards = torch.tensor(total, dtype=torch.float32)                        # (N,)
-        adv = group_advantages(rewards, G, scale=config.scale_rewards).to(model.device)
+        rewards = torch.tensor(total, dtype=torch.float32)                        # (N,) this rank's
+        adv = group_advantages(rewards, G, scale=config.scale_rewards, batch_std=dist.std_over_ranks(rewards)
+                               if config.scale_rewards == "batch" else None).to(model.device)
         mask = s.completion_mask.clone()
         if config.mask_truncated_completions:
             mask = mask * (~s.truncated).to(mask.dtype)[:, None]
@@ -135,6 +142,7 @@ def main(config: GRPOConfig) -> dict:
         # 0 adds exactly nothing to the loss or its gradient (-min(w * 0, clip(w) * 0) = 0): skip it.
         # The normaliser below still counts every completion, so the loss is unchanged.
         N = len(texts)
+        N_all = N * dist.world()                                                  # the whole step's completions
         trained = torch.arange(N)
         if config.beta == 0 and config.skip_zero_advantage:
             trained = trained[adv.cpu() != 0]
@@ -151,11 +159,13 @@ def main(config: GRPOConfig) -> dict:
             ref_logp = [logps_of(ref_model, idx)[0] for idx in micro] if ref_model is not None else None
             old_logp = [logps_of(model, idx)[0] for idx in micro] if config.num_iterations > 1 else None
         t_train = time.perf_counter()
-        normalizer = {"grpo": N, "dr_grpo": N * config.max_completion_length,
-                      "dapo": mask.sum().clamp(min=1).item()}[config.loss_type]
+        # the whole step's denominator on every rank: the ranks' losses add up to the full-batch loss
+        normalizer = {"grpo": N_all, "dr_grpo": N_all * config.max_completion_length,
+                      "dapo": max(1.0, dist.all_sum(mask.sum().item()))}[config.loss_type]
 
         # ---- algorithm: num_iterations updates, each accumulated over micro-batches
-        for _ in range(config.num_iterations):
+        mismatch_sum = 0.0
+        for iteration in range(config.num_iterations):
             step_loss, stats_sum, entropy_sum, finite = 0.0, {}, 0.0, True
             for j, idx in enumerate(micro):
                 logp, entropy = logps_of(model, idx, with_entropy=True)                  # (n, T)
@@ -171,52 +181,68 @@ def main(config: GRPOConfig) -> dict:
                 loss.backward()
                 step_loss += loss.item()
                 for k, v in stats.items():
-                    stats_sum[k] = stats_sum.get(k, 0.0) + v * len(idx) / len(trained)
+                    stats_sum[k] = stats_sum.get(k, 0.0) + v * len(idx)
                 entropy_sum += (entropy.detach() * s.completion_mask[idx]).sum().item()
+                if iteration == 0:  # sampler vs trainer on the same weights: the two code paths' log-probs
+                    # (bfloat16 copies vs float32 master weights on a GPU, top-k / top-p renormalisation)
+                    gap = (s.sampler_logp[idx] - logp.detach()).abs() * s.completion_mask[idx]
+                    mismatch_sum += gap.sum().item()
             for p in model.parameters():  # nothing trained: zero gradients, so the step equals the unskipped one
                 if p.grad is None and p.requires_grad:
                     p.grad = torch.zeros_like(p)
-            grad_norm, stepped = clipped_step(model, optimizer, scheduler, step_loss if finite else float("nan"),
-                                              config.max_grad_norm, step + 1)
+            finite = not dist.any_rank(not finite)  # one rank's non-finite loss skips the step on all
+            dist.sum_gradients(model)               # the full batch's gradient on every rank
+            grad_norm, stepped = clipped_step(model, optimizer, scheduler, dist.all_sum(step_loss) if finite
+                                              else float("nan"), config.max_grad_norm, step + 1)
             bad_steps = 0 if stepped else bad_steps + 1
 
-        # ---- plumbing: metrics, samples, checkpoints, eval
+        # ---- plumbing: metrics (summed over ranks), samples, checkpoints, eval
         t_end = time.perf_counter()
-        record = {"step": step + 1, "loss": step_loss if finite else float("nan"),
+        trained_tokens = s.completion_mask[trained].sum().item()
+        sums = dist.sum_dicts({
+            "loss": step_loss, "reward": rewards.sum().item(), "reward_std": rewards.view(-1, G).std(1).sum().item(),
+            "groups": len(batch), "trained": len(trained), "trained_tokens": trained_tokens,
+            "entropy": entropy_sum, "sampler_logp_gap": mismatch_sum, "completion_len": lengths.sum().item(),
+            "truncated": s.truncated.sum().item(), **{f"reward/{k}": sum(v) for k, v in per_reward.items()},
+            **{f"stat/{k}": v for k, v in stats_sum.items()},
+            **{f"reward_events/{k}": v for k, v in events.take().items()}})
+        per_token = lambda key: sums[key] / sums["trained_tokens"] if sums["trained_tokens"] else float("nan")
+        record = {"step": step + 1, "loss": sums["loss"] if finite else float("nan"),
                   "lr": scheduler.get_last_lr()[0],
-                  "reward": rewards.mean().item(), "reward_std": rewards.view(-1, G).std(1).mean().item(),
-                  **{f"reward/{k}": sum(v) / len(v) for k, v in per_reward.items()},
-                  **{k: v for k, v in stats_sum.items()},
-                  "entropy": (entropy_sum / s.completion_mask[trained].sum().item()) if len(trained) else float("nan"),
-                  "trained_frac": len(trained) / N,
+                  "reward": sums["reward"] / N_all, "reward_std": sums["reward_std"] / sums["groups"],
+                  **{k: v / N_all for k, v in sums.items() if k.startswith("reward/")},
+                  **{k[5:]: v / sums["trained"] for k, v in sums.items() if k.startswith("stat/")},
+                  "entropy": per_token("entropy"), "sampler_logp_gap": per_token("sampler_logp_gap"),
+                  "trained_frac": sums["trained"] / N_all,
                   "grad_norm": grad_norm.item(),
-                  "completion_len": lengths.float().mean().item(),
-                  "truncated_frac": s.truncated.float().mean().item(),
+                  "completion_len": sums["completion_len"] / N_all,
+                  "truncated_frac": sums["truncated"] / N_all,
                   "skipped": int(not stepped),
                   "time_sampling": t_sample, "time_training": t_end - t_train, "time_step": t_end - t0,
-                  **{f"reward_events/{k}": v for k, v in events.take().items()}}
-        out_of_time = config.max_minutes > 0 and time.perf_counter() - started > 60 * config.max_minutes
+                  **{k: int(v) for k, v in sums.items() if k.startswith("reward_events/")}}
+        out_of_time = dist.any_rank(config.max_minutes > 0 and time.perf_counter() - started > 60 * config.max_minutes)
         final = step + 1 == config.max_steps or out_of_time
         if config.eval_every > 0 and (step + 1) % config.eval_every == 0 or (
                 config.eval_every == 0 and eval_rows and final):
             record.update(run_eval())
-        append_jsonl(out / "metrics.jsonl", record)
-        for i in range(min(config.log_samples, N)):
-            i_ = i * G  # one completion from each of the first prompts
-            if i_ < N:
-                append_jsonl(out / "samples.jsonl", {"step": step + 1, "prompt": batch[i_ // G]["problem"],
-                                                     "completion": texts[i_], "reward": total[i_],
-                                                     **{k: v[i_] for k, v in per_reward.items()}})
+        if dist.is_main():
+            append_jsonl(out / "metrics.jsonl", record)
+            for i in range(0, min(config.log_samples * G, N), G):  # one completion of each of the first prompts
+                append_jsonl(out / "samples.jsonl", {"step": step + 1, "prompt": batch[i // G]["problem"],
+                                                     "completion": texts[i], "reward": total[i],
+                                                     **{k: v[i] for k, v in per_reward.items()}})
         bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_len']:.0f}")
         last = record
         stop_after_bad_steps(bad_steps, step + 1, ckpt.latest_checkpoint(out))
         if (step + 1) % config.save_every == 0 or final:
-            save(step + 1)
-            plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "GRPO")
+            if dist.is_main():
+                save(step + 1)
+                plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "GRPO")
+            dist.barrier()
         if out_of_time:
             tqdm.write(f"stopping after step {step + 1}: --max-minutes {config.max_minutes} reached")
             break
-    if first_eval:
+    if first_eval and dist.is_main():
         print(f"held-out accuracy {first_eval['eval/accuracy']:.3f} -> {last.get('eval/accuracy', float('nan')):.3f}, "
               f"format {first_eval['eval/format_rate']:.3f} -> {last.get('eval/format_rate', float('nan')):.3f}")
     return last

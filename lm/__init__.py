@@ -2,8 +2,11 @@
 
 - `loading`: load a model and tokenizer by name (built-in, hub id, local folder, tiny test model).
 - `chat`: the R1 system prompt and the one prompt rendering used for training and sampling.
-- `sampling`: batched sampling with a KV cache (P prompts x G completions).
-- `decode`: the lean decoding step the sampler uses for Llama-family models.
+- `sampling`: batched sampling with a KV cache (B prompts x G completions).
+- `draw`: the top-k / top-p filter, keyed random numbers, and the draw of a token.
+- `decode`: the lean decoding step the sampler uses for Llama-family models, with refreshable weights.
+- `rollout`: the static decoding loop (eager on a CPU, CUDA graphs on a GPU).
+- `precision`: float32 master weights and bfloat16 compute (what `--dtype` means).
 - `logprobs`: per-token log-probs of given tokens, computed in chunks.
 - `checkpoint`: atomic checkpoints that transformers loads, plus the training state.
 """

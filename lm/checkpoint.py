@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import dist
+
 STATE_FILE = "training_state.pt"
 PLOTS = ("training_curves.png",)
 
@@ -136,10 +138,12 @@ def start_run(output_dir: str | Path, resume: str, overwrite: bool,
         names = ", ".join(p.name for p in earlier[:3]) + (", ..." if len(earlier) > 3 else "")
         raise FileExistsError(f"{out} already holds another run ({names}): continue it with --resume {out}, "
                               f"or start afresh with --overwrite (removes its checkpoints and logs)")
-    for path in earlier:
-        _remove(path) if path.is_dir() else path.unlink()
-    for name in PLOTS:
-        (out / name).unlink(missing_ok=True)
+    if dist.is_main():  # every rank checks (the same files: nobody writes yet), one removes
+        for path in earlier:
+            _remove(path) if path.is_dir() else path.unlink()
+        for name in PLOTS:
+            (out / name).unlink(missing_ok=True)
+    dist.barrier()
     return None, out
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from common import dist
 from common.config import arg
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps
 from common.runlog import append_jsonl, open_run, plot_metrics
@@ -44,9 +45,11 @@ class SFTConfig(PackedTrainingFlags):
 
 
 def main(config: SFTConfig) -> dict:
+    device = dist.init(config.device)  # several processes under torchrun; one otherwise
+    mine = dist.my_slice(config.gradient_accumulation_steps, "--gradient-accumulation-steps")  # this rank's
     resume_from, out = ckpt.start_run(config.output_dir, config.resume, config.overwrite)
     model, tokenizer = load_model(str(resume_from) if resume_from else config.model,
-                                  dtype=config.dtype, device=config.device, training=True)
+                                  dtype=config.dtype, device=device, training=True)
     precision = resolve_precision(config.dtype, model.device)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -56,19 +59,21 @@ def main(config: SFTConfig) -> dict:
                                       config.overflow, config.packing, config.batch_size, config.seed)
     steps_per_epoch = max(1, stream.per_epoch // config.gradient_accumulation_steps)
     total_steps = config.max_steps or max(1, int(config.num_epochs * steps_per_epoch))
-    print(f"{report.kept} examples ({report.truncated} truncated, {report.dropped} dropped at "
+    dist.is_main() and print(f"{report.kept} examples ({report.truncated} truncated, {report.dropped} dropped at "
           f"--max-length {config.max_length}) in {n_units} {'packed rows' if config.packing else 'rows'}; "
           f"{total_steps} steps")
 
     optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
     scheduler = make_scheduler(optimizer, config.lr_scheduler, int(config.warmup_ratio * total_steps), total_steps)
     start_step = ckpt.restore_training(resume_from, optimizer, scheduler)["step"] if resume_from else 0
-    open_run(out, config, start_step if resume_from else None)
+    if dist.is_main():
+        open_run(out, config, start_step if resume_from else None)
     eval_rows = load_math(config.eval_dataset, "test", config.eval_problems) if config.eval_every >= 0 else []
 
-    def run_eval():
+    def run_eval():  # each rank evaluates its share of the held-out problems
         with precision.autocast():
-            return eval_metrics(model, tokenizer, eval_rows, config.eval_max_new_tokens)
+            metrics = eval_metrics(model, tokenizer, eval_rows[dist.rank()::dist.world()], config.eval_max_new_tokens)
+        return dist.mean_over_ranks(metrics, weight=len(eval_rows[dist.rank()::dist.world()]))
 
     def save(step: int, data_position: int):
         ckpt.save_checkpoint(out, step, model, tokenizer, {
@@ -76,46 +81,52 @@ def main(config: SFTConfig) -> dict:
             "data_position": data_position}, keep=config.keep_checkpoints)
 
     first_eval = run_eval() if eval_rows and start_step == 0 else {}
-    if first_eval:
+    if first_eval and dist.is_main():
         append_jsonl(out / "metrics.jsonl", {"step": 0, **first_eval,
                                              "examples_truncated": report.truncated, "examples_dropped": report.dropped})
     model.train()
     position = start_step * config.gradient_accumulation_steps  # micro-batches consumed so far
     last, bad_steps = {}, 0
-    bar = tqdm(range(start_step, total_steps), desc="sft", unit="step", initial=start_step, total=total_steps)
+    bar = tqdm(range(start_step, total_steps), desc="sft", unit="step", initial=start_step, total=total_steps,
+               disable=not dist.is_main())
     for step in bar:
         t0 = time.perf_counter()
-        # ---- plumbing: this step's micro-batches (the data stream is endless and reproducible)
-        micro = [stream[p] for p in range(position, position + config.gradient_accumulation_steps)]
+        # ---- plumbing: this rank's micro-batches of the step (the data stream is endless and reproducible)
+        micro = [stream[position + i] for i in mine]
         position += config.gradient_accumulation_steps
-        # ---- algorithm: token-weighted mean NLL over the whole step, accumulated
-        n_targets = sum(b.num_targets for b in micro)
+        # ---- algorithm: token-weighted mean NLL over the whole step (all ranks), accumulated
+        n_targets = int(dist.all_sum(sum(b.num_targets for b in micro)))
         loss_sum = 0.0
         for batch in micro:
             with precision.autocast():
                 loss = sft_loss(model, batch, normalizer=max(1, n_targets))
             loss.backward()
             loss_sum += loss.item()
+        loss_sum = dist.all_sum(loss_sum)
+        dist.sum_gradients(model)
         grad_norm, stepped = clipped_step(model, optimizer, scheduler, loss_sum, config.max_grad_norm, step + 1)
         bad_steps = 0 if stepped else bad_steps + 1
         # ---- plumbing: metrics, checkpoints, eval
         seconds = time.perf_counter() - t0
         record = {"step": step + 1, "loss": loss_sum, "lr": scheduler.get_last_lr()[0],
                   "grad_norm": grad_norm.item(), "tokens": n_targets,
-                  "tokens_input": sum(b.num_tokens for b in micro),
+                  "tokens_input": int(dist.all_sum(sum(b.num_tokens for b in micro))),
                   "tokens_per_second": n_targets / seconds, "epoch": position / stream.per_epoch,
                   "skipped": int(not stepped), "time_step": seconds}
         if (config.eval_every > 0 and (step + 1) % config.eval_every == 0) or (
                 config.eval_every == 0 and eval_rows and step + 1 == total_steps):
             record.update(run_eval())
-        append_jsonl(out / "metrics.jsonl", record)
+        if dist.is_main():
+            append_jsonl(out / "metrics.jsonl", record)
         bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{record['tokens_per_second']:.0f}")
         last = record
         stop_after_bad_steps(bad_steps, step + 1, ckpt.latest_checkpoint(out))
         if (step + 1) % config.save_every == 0 or step + 1 == total_steps:
-            save(step + 1, position)
-            plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "SFT")
-    if first_eval and "eval/format_rate" in last:
+            if dist.is_main():
+                save(step + 1, position)
+                plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "SFT")
+            dist.barrier()
+    if first_eval and "eval/format_rate" in last and dist.is_main():
         print(f"held-out format rate {first_eval['eval/format_rate']:.3f} -> {last['eval/format_rate']:.3f}, "
               f"accuracy {first_eval['eval/accuracy']:.3f} -> {last['eval/accuracy']:.3f}")
     return last

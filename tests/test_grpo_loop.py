@@ -38,6 +38,7 @@ def test_run_py_grpo_trains_and_writes_every_output(tmp_path):
                 "completion_len", "truncated_frac", "entropy", "grad_norm", "time_sampling", "time_training"):
         assert key in metrics[1], key
     assert "eval/accuracy" in metrics[0] and "eval/accuracy" in metrics[-1]
+    assert all(0 <= m["sampler_logp_gap"] < 1e-4 for m in metrics[1:])  # float32: sampler and trainer agree
     assert json.loads((out / "config.json").read_text())["group_size"] == 4
     assert (out / "samples.jsonl").read_text().count("\n") == 3 * 2
     assert (out / "training_curves.png").stat().st_size > 1000

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 import grpo.train as grpo_train
 import sft.train as sft_train
 from grpo.config import GRPOConfig
+from common.runlog import read_jsonl
 from lm.loading import tiny_model, tiny_tokenizer
 from lm.logprobs import target_nll, token_logprobs
 from lm.precision import Precision, resolve_precision
@@ -85,3 +86,5 @@ def test_mixed_sampling_and_a_grpo_run_keep_float32_weights(tmp_path):
                                eval_every=-1, output_dir=str(tmp_path), reward_funcs="tests.toy_rewards:vowel_share"))
     trained = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-1")
     assert trained.dtype == torch.float32 and changed_share(tmp_path / "checkpoint-1") > 0.9
+    gap = read_jsonl(tmp_path / "metrics.jsonl")[-1]["sampler_logp_gap"]
+    assert 1e-4 < gap < 0.1, gap   # bfloat16 copies sample, float32 master weights train: close, not equal

@@ -20,3 +20,9 @@ def verified_gold(completions, solution=None, **columns):
     from rewards.verify import last_boxed
     return accuracy_reward([f"<think>a</think><answer>{last_boxed(s) or s}</answer>" for s in solution],
                            solution=solution)
+
+
+def constant_on_rank_0(completions, **columns):
+    """1.0 for every completion on rank 0 (its groups carry no signal), the vowel share elsewhere."""
+    from common import dist
+    return [1.0] * len(completions) if dist.rank() == 0 else vowel_share(completions)

@@ -1,0 +1,76 @@
+"""Every configuration of tests/test_distributed.py in one process launch: under torchrun (N processes)
+or plain python (1 process). Usage: python tests/dist_cases.py OUT [equal|faults]"""
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+import grpo.train as grpo_train  # noqa: E402
+from common import dist  # noqa: E402
+from distill.train import DistillConfig  # noqa: E402
+from distill.train import main as distill  # noqa: E402
+from grpo.config import GRPOConfig  # noqa: E402
+from sft.train import SFTConfig  # noqa: E402
+from sft.train import main as sft  # noqa: E402
+
+GRPO = dict(model="tiny", group_size=4, prompts_per_step=2, max_completion_length=8, max_steps=2, micro_batch_size=3,
+            learning_rate=1e-3, eval_every=-1, save_every=2, overwrite=True,
+            reward_funcs="tests.toy_rewards:vowel_share,format", reward_weights="1,1")
+PACKED = dict(train_examples=16, max_length=700, max_steps=2, gradient_accumulation_steps=2, learning_rate=1e-3,
+              eval_every=-1, save_every=2, overwrite=True)
+EQUAL = {  # name: (loop, config): each must end with the same weights on 1 and on N processes
+    "grpo": ("grpo", {}),
+    "dr_grpo": ("grpo", dict(loss_type="dr_grpo")),
+    "dapo": ("grpo", dict(loss_type="dapo", beta=0.04)),
+    "iterations": ("grpo", dict(num_iterations=2, lr_scheduler="cosine", warmup_ratio=0.5)),
+    "skip_zero": ("grpo", dict(dataset="arithmetic:1", prompts_per_step=4, reward_weights="",
+                               reward_funcs="tests.toy_rewards:vowel_share_if_minus")),
+    "batch_scale": ("grpo", dict(scale_rewards="batch")),
+    "sft": ("sft", dict(model="tiny")),
+    "distill": ("distill", dict(teacher="tiny", student_from_teacher_layers="1")),
+}
+
+
+def run(loop: str, out: str, **kw) -> None:
+    if loop == "grpo":
+        grpo_train.main(GRPOConfig(**{**GRPO, **kw}, output_dir=out))
+    elif loop == "sft":
+        sft(SFTConfig(**{**PACKED, **kw}, output_dir=out))
+    else:
+        distill(DistillConfig(**{**PACKED, **kw}, output_dir=out))
+
+
+def faults(out: str) -> None:
+    """Cases where ranks differ: none may hang (the test sets a 30 s process-group timeout)."""
+    # rank 0's prompts are all a + b, whose groups get a constant reward: it trains nothing
+    run("grpo", f"{out}/zero_on_one_rank", dataset="arithmetic:1", prompts_per_step=2, reward_weights="",
+        reward_funcs="tests.toy_rewards:constant_on_rank_0")
+    # a non-finite loss on rank 1 only, in the first step: every rank skips that step
+    real, calls = grpo_train.grpo_loss, {"n": 0}
+
+    def nan_on_rank_1(*args, **kwargs):
+        calls["n"] += 1
+        loss, stats = real(*args, **kwargs)
+        return (loss * float("nan") if dist.rank() == 1 and calls["n"] == 1 else loss), stats
+
+    grpo_train.grpo_loss = nan_on_rank_1
+    run("grpo", f"{out}/nan_on_one_rank", max_steps=3, save_every=1)
+    grpo_train.grpo_loss = real
+    # a time budget already spent: every rank stops after the first step
+    run("grpo", f"{out}/out_of_time", max_steps=5, max_minutes=1e-9)
+
+
+if __name__ == "__main__":
+    out, which = sys.argv[1], sys.argv[2]
+    dist.init("cpu")
+    torch.set_num_threads(1)
+    if which == "equal":
+        for name, (loop, kw) in EQUAL.items():
+            run(loop, f"{out}/{name}", **kw)
+    else:
+        faults(out)
