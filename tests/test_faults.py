@@ -100,18 +100,17 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
 
 
 def test_a_fresh_run_refuses_a_folder_that_holds_another_run(tmp_path):
-    sft = ["sft", "--model", "tiny", "--train-examples", "8", "--max-length", "700", "--gradient-accumulation-steps",
-           "1", "--eval-every", "-1", "--save-every", "1", "--keep-checkpoints", "10"]
-    run = lambda *a: subprocess.run([sys.executable, "run.py", *sft, "--output-dir", str(tmp_path), *a], cwd=ROOT,
-                                    capture_output=True, text=True, timeout=300)
-    assert run("--max-steps", "3").returncode == 0
-    again = run("--max-steps", "2")
+    kw = dict(model="tiny", train_examples=8, max_length=700, gradient_accumulation_steps=1, eval_every=-1,
+              save_every=1, keep_checkpoints=10, output_dir=str(tmp_path))
+    sft_train.main(SFTConfig(max_steps=3, **kw))
+    again = subprocess.run([sys.executable, "run.py", "sft", "--model", "tiny", "--max-steps", "2", "--output-dir",
+                            str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr
     assert f"{tmp_path} already holds another run (checkpoint-1, checkpoint-2, checkpoint-3, ...)" in again.stderr
     assert f"--resume {tmp_path}" in again.stderr and "--overwrite" in again.stderr
-    both = run("--max-steps", "2", "--overwrite", "--resume", str(tmp_path))
-    assert both.returncode == 2 and "choose one" in both.stderr
-    assert run("--max-steps", "2", "--overwrite").returncode == 0
+    with pytest.raises(ValueError, match="choose one"):
+        SFTConfig(max_steps=2, overwrite=True, resume=str(tmp_path), **kw)
+    sft_train.main(SFTConfig(max_steps=2, overwrite=True, **kw))
     # the earlier run's checkpoint-3 is gone: the newest checkpoint is this run's last
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-1", "checkpoint-2"]
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
