@@ -20,6 +20,9 @@ Deliberate choices:
   extra forward pass.
 - A non-finite loss or gradient skips the update and is logged; three in a row stop the run with
   the last good checkpoint on disk.
+- Under torchrun each rank takes a contiguous block of the step's prompts (whole groups, so the
+  advantages are exact), divides its loss by the whole step's normaliser, and the gradients are summed
+  once per update (common/dist.py): the update is the single-process one. One process reads the same.
 """
 import copy
 import time
@@ -147,12 +150,12 @@ def main(config: GRPOConfig) -> dict:
         if config.beta == 0 and config.skip_zero_advantage:
             trained = trained[adv.cpu() != 0]
         micro = [trained[i:i + config.micro_batch_size] for i in range(0, len(trained), config.micro_batch_size)]
+
         def logps_of(m, idx, **kw):  # (n, T) log-probs at the sampling temperature, in float32
             with precision.autocast():
                 return token_logprobs(m, s.prompt_ids[idx], s.prompt_mask[idx], s.completion_ids[idx],
                                       s.completion_mask[idx], temperature=config.temperature,
                                       chunk_size=config.logprob_chunk_size, **kw)
-
 
         # ---- algorithm: reference and old log-probs, only when they are needed
         with torch.no_grad():

@@ -181,12 +181,18 @@ def test_non_finite_steps_keep_the_schedule_and_three_stop_the_run(tmp_path, mon
     assert all(torch.equal(one[k], three[k]) for k in one)    # the skipped steps never touched the weights
 
 
-def test_distill_resume_after_crash_matches_uninterrupted(tmp_path, monkeypatch):
-    kw = dict(teacher="tiny", train_examples=24, max_length=700, max_steps=4, gradient_accumulation_steps=2,
-              learning_rate=1e-3, eval_every=-1, save_every=2, student_from_teacher_layers="1")
-    distill_train.main(DistillConfig(output_dir=str(tmp_path / "full"), **kw))
+@pytest.mark.parametrize("loop", ["sft", "distill"])
+def test_resume_after_a_crash_matches_uninterrupted(tmp_path, monkeypatch, loop):
+    common = dict(train_examples=24, max_length=700, max_steps=4, gradient_accumulation_steps=2, learning_rate=1e-3,
+                  eval_every=-1, save_every=2)
+    module, loss_name, config_type, kw, keys = {
+        "sft": (sft_train, "sft_loss", SFTConfig, dict(model="tiny", **common), ("loss", "lr", "grad_norm", "tokens")),
+        "distill": (distill_train, "distillation_loss", DistillConfig,
+                    dict(teacher="tiny", student_from_teacher_layers="1", **common),
+                    ("loss", "kd", "ce", "lr", "grad_norm", "tokens"))}[loop]
+    module.main(config_type(output_dir=str(tmp_path / "full"), **kw))
     expected = read_jsonl(tmp_path / "full" / "metrics.jsonl")
-    real, calls = distill_train.distillation_loss, {"n": 0}
+    real, calls = getattr(module, loss_name), {"n": 0}
 
     def crash(*args, **kwargs):
         calls["n"] += 1
@@ -194,13 +200,13 @@ def test_distill_resume_after_crash_matches_uninterrupted(tmp_path, monkeypatch)
             raise RuntimeError("power cut")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(distill_train, "distillation_loss", crash)
+    monkeypatch.setattr(module, loss_name, crash)
     with pytest.raises(RuntimeError, match="power cut"):
-        distill_train.main(DistillConfig(output_dir=str(tmp_path / "cut"), **kw))
-    monkeypatch.setattr(distill_train, "distillation_loss", real)
-    distill_train.main(DistillConfig(output_dir="ignored", resume=str(tmp_path / "cut"), **kw))
+        module.main(config_type(output_dir=str(tmp_path / "cut"), **kw))
+    monkeypatch.setattr(module, loss_name, real)
+    module.main(config_type(output_dir="ignored", resume=str(tmp_path / "cut"), **kw))
     got = read_jsonl(tmp_path / "cut" / "metrics.jsonl")
     assert [m["step"] for m in got] == [1, 2, 3, 4]
-    for a, b in zip(comparable(expected), comparable(got)):
-        for key in ("loss", "kd", "ce", "lr", "grad_norm", "tokens"):
+    for a, b in zip(expected, got):
+        for key in keys:
             assert b[key] == pytest.approx(a[key], rel=1e-6), (a["step"], key)

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 import grpo.train as train
 from conftest import ROOT
+from common.config import ConfigError, parse_config
 from grpo.config import GRPOConfig
 from lm.loading import tiny_model
 
@@ -129,12 +130,15 @@ def test_reference_and_old_logprobs_only_when_needed(tmp_path, monkeypatch):
 
 
 def test_bad_grpo_flags_fail_at_start_with_one_line(tmp_path):
-    for args, message in ((["--group-size", "1"], "at least 2"),
-                          (["--reward-funcs", "accuracy,nope"], "unknown reward nope"),
-                          (["--loss-type", "ppo"], "--loss-type 'ppo'")):
-        proc = subprocess.run([sys.executable, "run.py", "grpo", *args], cwd=ROOT, capture_output=True,
-                              text=True, timeout=120)
-        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    # as the user meets it: one process, one line on stderr, exit 2; the other messages from the parser
+    proc = subprocess.run([sys.executable, "run.py", "grpo", "--group-size", "1"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "at least 2" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    for args, message in ((["--reward-funcs", "accuracy,nope"], "unknown reward nope"),
+                          (["--loss-type", "ppo"], "--loss-type 'ppo'"),
+                          (["--dtype", "half"], "--dtype 'half'")):
+        with pytest.raises(ConfigError, match=message):
+            parse_config(GRPOConfig, args, prog="run.py grpo")
 
 
 def test_skipping_zero_advantage_completions_is_exact(tmp_path):
