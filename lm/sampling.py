@@ -32,7 +32,7 @@ from transformers.cache_utils import DynamicLayer
 
 import lm.draw as drawing
 from lm.decode import LeanDecoder, compute_dtype
-from lm.draw import filter_logits, row_keys  # noqa: F401  (filter_logits: shared with the trainer)
+from lm.draw import row_keys
 from lm.logprobs import linear_head
 from lm.rollout import Rollout
 
@@ -55,10 +55,9 @@ class PreallocatedLayer(DynamicLayer):
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
         super().__init__()
         n, heads, length, dim = keys.shape
-        dtype = keys.dtype
         self.buffers = [keys.new_empty(n, heads, capacity, dim), values.new_empty(n, heads, capacity, dim)]
         self.buffers[0][:, :, :length], self.buffers[1][:, :, :length] = keys, values
-        self.dtype, self.device, self.is_initialized = dtype, keys.device, True
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
         self.length = length
         self._expose()
 
