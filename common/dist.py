@@ -125,6 +125,8 @@ def sum_dicts(values: dict) -> dict:
 
 def mean_over_ranks(values: dict, weight: float) -> dict:
     """{name: number} averaged over ranks, each rank's numbers weighted by `weight` (its count)."""
+    if not active():
+        return dict(values)
     total = sum_dicts({**{k: v * weight for k, v in values.items()}, "__weight": weight})
     weight_sum = total.pop("__weight")
     return {k: v / weight_sum if weight_sum else float("nan") for k, v in total.items()}
