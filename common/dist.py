@@ -8,7 +8,7 @@ the process group (NCCL on GPUs, gloo on a CPU) and each helper talks to it.
     rank(), world()      this process's index and the number of processes
     is_main()            rank 0: it alone writes logs, samples, plots and checkpoints and shows progress
     my_slice(n, what)    this rank's contiguous block of range(n); n must divide by the world size
-    all_sum(x)           a float, int or tensor summed over ranks (a float in, a float out)
+    all_sum(x)           a number summed over ranks (a float comes back)
     any_rank(flag)       True on every rank if it is True on any: decisions to skip or stop are collective
     sum_gradients(model) every parameter's gradient summed over ranks, once per optimizer step
     barrier()            wait for every rank (rank 0 writing a checkpoint, say)
@@ -74,15 +74,13 @@ def my_slice(n: int, what: str) -> range:
     return range(rank() * size, (rank() + 1) * size)
 
 
-def all_sum(value):
-    """Sum over ranks. A Python number comes back as a float; a tensor as a tensor (not in place)."""
+def all_sum(value: float) -> float:
+    """A number summed over ranks (in float64)."""
     if not active():
-        return value if isinstance(value, torch.Tensor) else float(value)
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    tensor = value.detach().clone().to(device) if isinstance(value, torch.Tensor) else \
-        torch.tensor(float(value), dtype=torch.float64, device=device)
+        return float(value)
+    tensor = torch.tensor(float(value), dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(tensor)
-    return tensor.to(value.device) if isinstance(value, torch.Tensor) else tensor.item()
+    return tensor.item()
 
 
 def any_rank(flag: bool) -> bool:

@@ -80,7 +80,6 @@ def main(config: GRPOConfig) -> dict:
     rows = load_math(config.dataset, "train", config.train_problems, seed=config.seed)
     eval_rows = (load_math(config.eval_dataset or config.dataset, "test", config.eval_problems, seed=config.seed)
                  if config.eval_every >= 0 else [])
-    my_eval_rows = eval_rows[dist.rank()::dist.world()]
     specs = build_rewards(config.reward_funcs, config.reward_weights, config.max_completion_length)
     total_updates = config.max_steps * config.num_iterations
     optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
@@ -100,10 +99,9 @@ def main(config: GRPOConfig) -> dict:
             "data_position": step * config.prompts_per_step},
             keep=config.keep_checkpoints)
 
-    def run_eval():  # each rank evaluates its share of the held-out problems
+    def run_eval():
         with precision.autocast():
-            metrics = eval_metrics(model, tokenizer, my_eval_rows, config.max_completion_length, config.seed)
-        return dist.mean_over_ranks(metrics, weight=len(my_eval_rows))
+            return eval_metrics(model, tokenizer, eval_rows, config.max_completion_length, config.seed)
 
     first_eval = run_eval() if eval_rows and start_step == 0 else {}
     if first_eval and dist.is_main():

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from common import dist
 from common.config import arg
 from common.runlog import append_jsonl
 from lm import load_model, sample
@@ -105,9 +106,12 @@ def evaluate(model, tokenizer, rows: list[dict], *, samples_per_problem: int = 1
 
 
 def eval_metrics(model, tokenizer, rows: list[dict], max_new_tokens: int, seed: int = 0) -> dict:
-    """Greedy eval of `rows` as `eval/<metric>` numbers, for the training loops' metrics lines."""
-    metrics, _ = evaluate(model, tokenizer, rows, max_new_tokens=max_new_tokens, seed=seed, progress=False)
-    return {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+    """Greedy eval of `rows` as `eval/<metric>` numbers, for the training loops' metrics lines. Under
+    torchrun each rank evaluates every world-th row and the numbers are averaged over the ranks."""
+    mine = rows[dist.rank()::dist.world()]
+    metrics, _ = evaluate(model, tokenizer, mine, max_new_tokens=max_new_tokens, seed=seed, progress=False)
+    numbers = {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+    return dist.mean_over_ranks(numbers, weight=len(mine))
 
 
 def summarize(records: list[dict], n: int, seconds: float) -> dict:

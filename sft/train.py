@@ -70,10 +70,9 @@ def main(config: SFTConfig) -> dict:
         open_run(out, config, start_step if resume_from else None)
     eval_rows = load_math(config.eval_dataset, "test", config.eval_problems) if config.eval_every >= 0 else []
 
-    def run_eval():  # each rank evaluates its share of the held-out problems
+    def run_eval():
         with precision.autocast():
-            metrics = eval_metrics(model, tokenizer, eval_rows[dist.rank()::dist.world()], config.eval_max_new_tokens)
-        return dist.mean_over_ranks(metrics, weight=len(eval_rows[dist.rank()::dist.world()]))
+            return eval_metrics(model, tokenizer, eval_rows, config.eval_max_new_tokens)
 
     def save(step: int, data_position: int):
         ckpt.save_checkpoint(out, step, model, tokenizer, {
