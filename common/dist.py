@@ -10,7 +10,8 @@ the process group (NCCL on GPUs, gloo on a CPU) and each helper talks to it.
     my_slice(n, what)    this rank's contiguous block of range(n); n must divide by the world size
     all_sum(x)           a number summed over ranks (a float comes back)
     any_rank(flag)       True on every rank if it is True on any: decisions to skip or stop are collective
-    sum_gradients(model) every parameter's gradient summed over ranks, once per optimizer step
+    sum_gradients(model) every parameter's gradient summed over ranks, once per optimizer step (a
+                         parameter with none gets zeros first, also with one process)
     barrier()            wait for every rank (rank 0 writing a checkpoint, say)
     sum_dicts, mean_over_ranks, std_over_ranks: metrics and statistics of the whole step
 
@@ -88,12 +89,14 @@ def any_rank(flag: bool) -> bool:
 
 
 def sum_gradients(model) -> None:
-    """All-reduce SUM of every gradient, flattened into one buffer (one collective per step)."""
-    if not active():
-        return
-    for p in model.parameters():  # a parameter no micro-batch of this rank reached: zero, as elsewhere
+    """All-reduce SUM of every gradient, flattened into one buffer (one collective per step). A
+    parameter no micro-batch reached (GRPO with every advantage 0) gets a zero gradient first, on every
+    rank, so all ranks reduce the same tensors and AdamW steps as if it had been trained with 0."""
+    for p in model.parameters():
         if p.requires_grad and p.grad is None:
             p.grad = torch.zeros_like(p)
+    if not active():
+        return
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)

@@ -188,11 +188,8 @@ def main(config: GRPOConfig) -> dict:
                     # (bfloat16 copies vs float32 master weights on a GPU, top-k / top-p renormalisation)
                     gap = (s.sampler_logp[idx] - logp.detach()).abs() * s.completion_mask[idx]
                     mismatch_sum += gap.sum().item()
-            for p in model.parameters():  # nothing trained: zero gradients, so the step equals the unskipped one
-                if p.grad is None and p.requires_grad:
-                    p.grad = torch.zeros_like(p)
             finite = not dist.any_rank(not finite)  # one rank's non-finite loss skips the step on all
-            dist.sum_gradients(model)               # the full batch's gradient on every rank
+            dist.sum_gradients(model)               # the full batch's gradient on every rank (0 if untrained)
             grad_norm, stepped = clipped_step(model, optimizer, scheduler, dist.all_sum(step_loss) if finite
                                               else float("nan"), config.max_grad_norm, step + 1)
             bad_steps = 0 if stepped else bad_steps + 1

@@ -158,6 +158,7 @@ class LeanDecoder:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = config.rms_norm_eps
         self.layers = [dict(scale=layer.self_attn.scaling) for layer in self.body.layers]
+        self.top = {}  # the final norm and the output layer
         self.refresh()
 
     def sources(self):
@@ -178,7 +179,7 @@ class LeanDecoder:
         """Write the model's current weights into the copies (in place where they exist, so a captured
         graph reads the new ones); the weight-refresh hook for anything that changes the weights."""
         for name, i, source in self.sources():
-            home = self.layers[i] if i is not None else self.__dict__
+            home = self.layers[i] if i is not None else self.top
             if isinstance(source, tuple):
                 if name in home:
                     home[name].refresh(*source)
@@ -225,7 +226,7 @@ class LeanDecoder:
             h = h + layer["o"](out.reshape(n, Hq * D))
             gate, up = layer["gate_up"](rms_norm(h, layer["norm2"], self.eps)).chunk(2, -1)
             h = h + layer["down"](F.silu(gate).mul_(up))
-        return self.head(rms_norm(h, self.final_norm, self.eps))                      # (n, V)
+        return self.top["head"](rms_norm(h, self.top["final_norm"], self.eps))        # (n, V)
 
     def new_cache(self, rows: int, capacity: int) -> StaticCache:
         return StaticCache(len(self.layers), rows, self.kv_heads, capacity, self.head_dim, self.dtype,
