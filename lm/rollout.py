@@ -52,9 +52,12 @@ class Rollout:
         self.captured: dict = {}          # (rows, sampling settings) -> torch.cuda.CUDAGraph
         self.pool = torch.cuda.graph_pool_handle() if graphs else None
 
+    def per_row(self) -> list[torch.Tensor]:
+        """The state tensors with one entry per row (what compaction moves)."""
+        return [self.rows, self.tokens, self.position, self.finished, self.keys, *self.cache.buffers()]
+
     def state(self) -> list[torch.Tensor]:
-        return [self.rows, self.tokens, self.position, self.finished, self.keys, self.t, self.base,
-                self.out_ids, self.out_logp, *self.cache.buffers()]
+        return [*self.per_row(), self.t, self.base, self.out_ids, self.out_logp]
 
     def start(self, prefill_layers, prompt_mask, row_of, first_token, first_logp, last_position, keys, settings):
         """Load a prefill and the first drawn token (from the prefill's logits) into the state."""
@@ -110,7 +113,7 @@ class Rollout:
     def keep_first(self, n: int, b: int) -> None:
         """Move the running rows (then finished ones) into the first b rows of every state tensor."""
         order = torch.argsort(self.finished[:n].to(torch.uint8), stable=True)[:b]  # running rows first
-        for x in [self.rows, self.tokens, self.position, self.finished, self.keys, *self.cache.buffers()]:
+        for x in self.per_row():
             x[:b] = x[:n][order]
 
     def run(self, decoder, settings: tuple, drop_finished: bool) -> None:
