@@ -11,7 +11,8 @@ the process group (NCCL on GPUs, gloo on a CPU) and each helper talks to it.
     all_sum(x)           a number summed over ranks (a float comes back)
     any_rank(flag)       True on every rank if it is True on any: decisions to skip or stop are collective
     sum_gradients(model) every parameter's gradient summed over ranks, once per optimizer step (a
-                         parameter with none gets zeros first, also with one process)
+                         parameter with none gets zeros first, also with one process); a model
+                         sharded by --fsdp (lm/sharding.py) has had them summed in its backward
     barrier()            wait for every rank (rank 0 writing a checkpoint, say)
     sum_dicts, mean_over_ranks, std_over_ranks: metrics and statistics of the whole step
 
@@ -27,6 +28,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 
 from common.config import ConfigError
 
@@ -95,7 +97,7 @@ def sum_gradients(model) -> None:
     for p in model.parameters():
         if p.requires_grad and p.grad is None:
             p.grad = torch.zeros_like(p)
-    if not active():
+    if not active() or isinstance(model, FSDPModule):  # FSDP reduce-scattered them in the backward pass
         return
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     flat = torch.cat([g.reshape(-1) for g in grads])

@@ -27,6 +27,7 @@ from common.optim import clipped_step, make_optimizer, make_scheduler, stop_afte
 from common.runlog import append_jsonl, open_run, plot_metrics
 from distill.loss import KINDS, distillation_loss
 from lm import checkpoint as ckpt
+from lm import sharding
 from lm import load_model
 from lm.precision import resolve_precision
 from lm.logprobs import hidden_states
@@ -105,6 +106,7 @@ def check_same_tokenizer(teacher_tok, student_tok, teacher: str, student: str) -
                          f"({len(teacher_tok)} vs {len(student_tok)} tokens): logit distillation needs one tokenizer")
 
 
+@sharding.entry
 def logits_at_targets(model, batch, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, V) logits at the positions that have a target, and the (M,) targets."""
     hidden = hidden_states(model, batch.input_ids.to(device), position_ids=batch.position_ids.to(device),
@@ -129,12 +131,15 @@ def main(config: DistillConfig) -> dict:
         student = student_from_teacher(teacher, layers).to(precision.weights)
         dist.is_main() and print(f"student: teacher layers {layers} ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M "
               f"parameters, teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M)")
+    if config.fsdp:  # the student's weights, gradients and AdamW state split over the ranks; the teacher's weights
+        sharding.shard(student, precision)
+        sharding.shard(teacher)
     stream, report, n_units = prepare(tokenizer, config.dataset, config.train_examples, config.max_length,
                                       "truncate", config.packing, config.batch_size, config.seed)
     optimizer = make_optimizer(student, config.learning_rate, config.weight_decay)
     scheduler = make_scheduler(optimizer, config.lr_scheduler, int(config.warmup_ratio * config.max_steps),
                                config.max_steps)
-    start_step = ckpt.restore_training(resume_from, optimizer, scheduler)["step"] if resume_from else 0
+    start_step = ckpt.restore_training(resume_from, student, optimizer, scheduler)["step"] if resume_from else 0
     if dist.is_main():
         open_run(out, config, start_step if resume_from else None)
     eval_rows = load_math(config.eval_dataset, "test", config.eval_problems) if config.eval_every >= 0 else []
@@ -189,10 +194,8 @@ def main(config: DistillConfig) -> dict:
         last = record
         stop_after_bad_steps(bad_steps, step + 1, ckpt.latest_checkpoint(out))
         if (step + 1) % config.save_every == 0 or step + 1 == config.max_steps:
+            ckpt.save_training(out, step + 1, student, tokenizer, optimizer, scheduler,
+                               {"data_position": (step + 1) * accum}, keep=config.keep_checkpoints)
             if dist.is_main():
-                ckpt.save_checkpoint(out, step + 1, student, tokenizer, {
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "data_position": (step + 1) * accum}, keep=config.keep_checkpoints)
                 plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "distillation")
-            dist.barrier()
     return last

@@ -48,6 +48,7 @@ class GRPOConfig:
     max_minutes: float = arg(0.0, "stop (with a checkpoint) after the step that passes this wall-clock budget; 0: none")
     micro_batch_size: int = arg(8, "sequences per forward/backward (gradient accumulation)")
     gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass to save memory")
+    fsdp: bool = arg(False, "shard weights, gradients and AdamW state over the torchrun processes (FSDP2)")
     logprob_chunk_size: int = arg(1024, "token positions per chunk of the output layer")
     # plumbing
     dtype: str = arg("auto", PRECISION_HELP)

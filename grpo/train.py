@@ -19,14 +19,17 @@ Deliberate choices:
 - With one update per batch, old_logp is the detached current logp (ratio 1, no clipping): no
   extra forward pass.
 - A non-finite loss or gradient skips the update and is logged; three in a row stop the run with
-  the last good checkpoint on disk.
+  the last good checkpoint on disk. A non-finite micro-batch loss still goes backward: its NaN reaches
+  the summed loss and gradient on every rank, so every rank skips the same update.
 - Under torchrun each rank takes a contiguous block of the step's prompts (whole groups, so the
   advantages are exact), divides its loss by the whole step's normaliser, and the gradients are summed
   once per update (common/dist.py): the update is the single-process one. One process reads the same.
+  With --fsdp the weights, gradients and AdamW state are sharded (lm/sharding.py): sampling runs on a
+  gathered copy, and completions with advantage 0 are trained (adding exactly 0), not skipped, so
+  every rank runs the same forward and backward passes (each is a collective).
 """
 import copy
 import time
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -38,6 +41,7 @@ from grpo.advantages import group_advantages
 from grpo.config import GRPOConfig  # noqa: F401  (run.py finds it here)
 from grpo.loss import grpo_loss
 from lm import checkpoint as ckpt
+from lm import sharding
 from lm import load_model, sample, token_logprobs
 from lm.chat import encode_prompt
 from lm.draw import prompt_keys
@@ -75,6 +79,10 @@ def main(config: GRPOConfig) -> dict:
                      else copy.deepcopy(model).to(precision.compute)).eval().requires_grad_(False)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.fsdp:
+        sharding.shard(model, precision)
+        if ref_model is not None:
+            sharding.shard(ref_model)
     model.train()
 
     rows = load_math(config.dataset, "train", config.train_problems, seed=config.seed)
@@ -87,17 +95,11 @@ def main(config: GRPOConfig) -> dict:
 
     start_step = 0
     if resume_from:
-        state = ckpt.restore_training(resume_from, optimizer, scheduler)
+        state = ckpt.restore_training(resume_from, model, optimizer, scheduler)
         start_step = state["step"]
         print(f"resumed from {resume_from} at step {start_step}")
     if dist.is_main():
         open_run(out, config, start_step if resume_from else None, logs=LOGS)
-
-    def save(step: int) -> Path:
-        return ckpt.save_checkpoint(out, step, model, tokenizer, {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "data_position": step * config.prompts_per_step},
-            keep=config.keep_checkpoints)
 
     def run_eval():
         with precision.autocast():
@@ -117,10 +119,10 @@ def main(config: GRPOConfig) -> dict:
         keys = prompt_keys(config.seed, step, range(first, first + len(mine)))
         model.eval()
         with precision.autocast():
-            s = sample(model, [encode_prompt(tokenizer, r["problem"]) for r in batch], group_size=config.group_size,
+            s = sample(sharding.gathered(model), [encode_prompt(tokenizer, r["problem"]) for r in batch], group_size=config.group_size,
                        max_new_tokens=config.max_completion_length, temperature=config.temperature,
                        top_p=config.top_p, top_k=config.top_k, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id, keys=keys)
+                       pad_token_id=tokenizer.pad_token_id, keys=keys, cuda_graphs=False if config.fsdp else None)
         model.train()
         t_sample = time.perf_counter() - t0
 
@@ -145,7 +147,7 @@ def main(config: GRPOConfig) -> dict:
         N = len(texts)
         N_all = N * dist.world()                                                  # the whole step's completions
         trained = torch.arange(N)
-        if config.beta == 0 and config.skip_zero_advantage:
+        if config.beta == 0 and config.skip_zero_advantage and not config.fsdp:
             trained = trained[adv.cpu() != 0]
         micro = [trained[i:i + config.micro_batch_size] for i in range(0, len(trained), config.micro_batch_size)]
 
@@ -167,7 +169,7 @@ def main(config: GRPOConfig) -> dict:
         # ---- algorithm: num_iterations updates, each accumulated over micro-batches
         mismatch_sum = 0.0
         for iteration in range(config.num_iterations):
-            step_loss, stats_sum, entropy_sum, finite = 0.0, {}, 0.0, True
+            step_loss, stats_sum, entropy_sum = 0.0, {}, 0.0
             for j, idx in enumerate(micro):
                 logp, entropy = logps_of(model, idx, with_entropy=True)                  # (n, T)
                 loss, stats = grpo_loss(
@@ -176,9 +178,6 @@ def main(config: GRPOConfig) -> dict:
                     epsilon=config.epsilon, epsilon_high=config.epsilon_high, beta=config.beta,
                     loss_type=config.loss_type, max_completion_length=config.max_completion_length,
                     normalizer=normalizer, importance_sampling_level=config.importance_sampling_level)
-                if not torch.isfinite(loss):
-                    finite = False
-                    break
                 loss.backward()
                 step_loss += loss.item()
                 for k, v in stats.items():
@@ -188,10 +187,9 @@ def main(config: GRPOConfig) -> dict:
                     # (bfloat16 copies vs float32 master weights on a GPU, top-k / top-p renormalisation)
                     gap = (s.sampler_logp[idx] - logp.detach()).abs() * s.completion_mask[idx]
                     mismatch_sum += gap.sum().item()
-            finite = not dist.any_rank(not finite)  # one rank's non-finite loss skips the step on all
-            dist.sum_gradients(model)               # the full batch's gradient on every rank (0 if untrained)
-            grad_norm, stepped = clipped_step(model, optimizer, scheduler, dist.all_sum(step_loss) if finite
-                                              else float("nan"), config.max_grad_norm, step + 1)
+            dist.sum_gradients(model)  # the full batch's gradient on every rank (0 if untrained)
+            grad_norm, stepped = clipped_step(model, optimizer, scheduler, dist.all_sum(step_loss),
+                                              config.max_grad_norm, step + 1)
             bad_steps = 0 if stepped else bad_steps + 1
 
         # ---- plumbing: metrics (summed over ranks), samples, checkpoints, eval
@@ -205,7 +203,7 @@ def main(config: GRPOConfig) -> dict:
             **{f"stat/{k}": v for k, v in stats_sum.items()},
             **{f"reward_events/{k}": v for k, v in events.take().items()}})
         per_token = lambda key: sums[key] / sums["trained_tokens"] if sums["trained_tokens"] else float("nan")
-        record = {"step": step + 1, "loss": sums["loss"] if finite else float("nan"),
+        record = {"step": step + 1, "loss": sums["loss"],
                   "lr": scheduler.get_last_lr()[0],
                   "reward": sums["reward"] / N_all, "reward_std": sums["reward_std"] / sums["groups"],
                   **{k: v / N_all for k, v in sums.items() if k.startswith("reward/")},
@@ -233,10 +231,10 @@ def main(config: GRPOConfig) -> dict:
         last = record
         stop_after_bad_steps(bad_steps, step + 1, ckpt.latest_checkpoint(out))
         if (step + 1) % config.save_every == 0 or final:
+            ckpt.save_training(out, step + 1, model, tokenizer, optimizer, scheduler,
+                               {"data_position": (step + 1) * config.prompts_per_step}, keep=config.keep_checkpoints)
             if dist.is_main():
-                save(step + 1)
                 plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "GRPO")
-            dist.barrier()
         if out_of_time:
             tqdm.write(f"stopping after step {step + 1}: --max-minutes {config.max_minutes} reached")
             break

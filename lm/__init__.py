@@ -9,6 +9,7 @@
 - `precision`: float32 master weights and bfloat16 compute (what `--dtype` means).
 - `logprobs`: per-token log-probs of given tokens, computed in chunks.
 - `checkpoint`: atomic checkpoints that transformers loads, plus the training state.
+- `sharding`: `--fsdp`, a model split over the torchrun processes (FSDP2).
 """
 from lm.chat import SYSTEM_PROMPT, render_prompt, render_conversation
 from lm.loading import load_model, tiny_model, tiny_tokenizer

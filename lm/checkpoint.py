@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from common import dist
+from lm import sharding
 
 STATE_FILE = "training_state.pt"
 PLOTS = ("training_curves.png",)
@@ -147,9 +148,21 @@ def start_run(output_dir: str | Path, resume: str, overwrite: bool,
     return None, out
 
 
-def restore_training(checkpoint_dir: str | Path, optimizer, scheduler) -> dict:
+def save_training(output_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler, state: dict,
+                  keep: int | None = None) -> None:
+    """A training loop's checkpoint: the weights, the optimizer and schedule, and `state` (the data
+    position, ...). Every rank calls it: a sharded model and its optimizer state are gathered to rank 0
+    (lm/sharding.py), rank 0 writes, and every rank returns once it is on disk."""
+    weights = sharding.model_to_save(model)
+    state = {**state, "optimizer": sharding.optimizer_state(model, optimizer), "scheduler": scheduler.state_dict()}
+    if dist.is_main():
+        save_checkpoint(output_dir, step, weights, tokenizer, state, keep=keep)
+    dist.barrier()
+
+
+def restore_training(checkpoint_dir: str | Path, model, optimizer, scheduler) -> dict:
     """Load the optimizer, scheduler and RNG states of a checkpoint; returns its training state."""
     state = load_training_state(checkpoint_dir)
-    optimizer.load_state_dict(state["optimizer"])
+    sharding.load_optimizer_state(model, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     return state

@@ -32,6 +32,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
+from lm import sharding
 from lm.attention import packed_attention
 
 
@@ -52,6 +53,7 @@ def _chunk_logp(lm_head, hidden: torch.Tensor, targets: torch.Tensor, temperatur
     return logp, entropy
 
 
+@sharding.entry
 def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                    completion_ids: torch.Tensor, completion_mask: torch.Tensor | None = None, *,
                    temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False,
@@ -195,6 +197,7 @@ class _ChunkedNLL(torch.autograd.Function):
         return dh, dw, None, None, None
 
 
+@sharding.entry
 def target_nll(model, input_ids: torch.Tensor, targets: torch.Tensor, *,
                position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                chunk_size: int = 1024) -> tuple[torch.Tensor, int]:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from common import dist
 from common.config import arg
 from common.runlog import append_jsonl
-from lm import load_model, sample
+from lm import load_model, sample, sharding
 from lm.chat import encode_prompt
 from rewards import build_rewards, score
 from tasks import load_math
@@ -74,11 +74,13 @@ def generate_and_score(model, tokenizer, rows: list[dict], specs, *, samples_per
     records = [None] * len(rows)
     was_training = model.training
     model.eval()
+    policy = sharding.gathered(model)  # under --fsdp a full copy, gathered once for every batch
     for b in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
         idx = order[b:b + batch_size]
-        out = sample(model, [prompts[i] for i in idx], group_size=n, max_new_tokens=max_new_tokens,
+        out = sample(policy, [prompts[i] for i in idx], group_size=n, max_new_tokens=max_new_tokens,
                      temperature=temperature, top_p=top_p, eos_token_id=tokenizer.eos_token_id,
-                     pad_token_id=tokenizer.pad_token_id, generator=generator)
+                     pad_token_id=tokenizer.pad_token_id, generator=generator,
+                     cuda_graphs=None if policy is model else False)  # a copy used once captures no graphs
         lengths = out.completion_mask.sum(-1).tolist()
         texts = [tokenizer.decode(ids[:length], skip_special_tokens=True)
                  for ids, length in zip(out.completion_ids.tolist(), lengths)]

@@ -32,6 +32,7 @@ class PackedTrainingFlags:
     lr_scheduler: str = arg("cosine", "constant, linear or cosine decay after warmup")
     max_grad_norm: float = arg(1.0, "clip the gradient norm to this (0: no clipping)")
     max_steps: int = arg(0, "optimizer steps")
+    fsdp: bool = arg(False, "shard weights, gradients and AdamW state over the torchrun processes (FSDP2)")
     dtype: str = arg("auto", PRECISION_HELP)
     device: str = arg("auto", "auto, cpu, cuda")
     seed: int = arg(0, "seed for data order")

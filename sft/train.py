@@ -20,6 +20,7 @@ from common.config import arg
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps
 from common.runlog import append_jsonl, open_run, plot_metrics
 from lm import checkpoint as ckpt
+from lm import sharding
 from lm import load_model
 from lm.precision import resolve_precision
 from recipe.evaluate import eval_metrics
@@ -53,6 +54,8 @@ def main(config: SFTConfig) -> dict:
     precision = resolve_precision(config.dtype, model.device)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.fsdp:  # weights, gradients and AdamW state split over the ranks
+        sharding.shard(model, precision)
 
     # ---- data: tokenise, pack (or not), count what did not fit
     stream, report, n_units = prepare(tokenizer, config.dataset, config.train_examples, config.max_length,
@@ -65,7 +68,7 @@ def main(config: SFTConfig) -> dict:
 
     optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
     scheduler = make_scheduler(optimizer, config.lr_scheduler, int(config.warmup_ratio * total_steps), total_steps)
-    start_step = ckpt.restore_training(resume_from, optimizer, scheduler)["step"] if resume_from else 0
+    start_step = ckpt.restore_training(resume_from, model, optimizer, scheduler)["step"] if resume_from else 0
     if dist.is_main():
         open_run(out, config, start_step if resume_from else None)
     eval_rows = load_math(config.eval_dataset, "test", config.eval_problems) if config.eval_every >= 0 else []
@@ -73,11 +76,6 @@ def main(config: SFTConfig) -> dict:
     def run_eval():
         with precision.autocast():
             return eval_metrics(model, tokenizer, eval_rows, config.eval_max_new_tokens)
-
-    def save(step: int, data_position: int):
-        ckpt.save_checkpoint(out, step, model, tokenizer, {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "data_position": data_position}, keep=config.keep_checkpoints)
 
     first_eval = run_eval() if eval_rows and start_step == 0 else {}
     if first_eval and dist.is_main():
@@ -121,10 +119,10 @@ def main(config: SFTConfig) -> dict:
         last = record
         stop_after_bad_steps(bad_steps, step + 1, ckpt.latest_checkpoint(out))
         if (step + 1) % config.save_every == 0 or step + 1 == total_steps:
+            ckpt.save_training(out, step + 1, model, tokenizer, optimizer, scheduler, {"data_position": position},
+                               keep=config.keep_checkpoints)
             if dist.is_main():
-                save(step + 1, position)
                 plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "SFT")
-            dist.barrier()
     if first_eval and "eval/format_rate" in last and dist.is_main():
         print(f"held-out format rate {first_eval['eval/format_rate']:.3f} -> {last['eval/format_rate']:.3f}, "
               f"accuracy {first_eval['eval/accuracy']:.3f} -> {last['eval/accuracy']:.3f}")

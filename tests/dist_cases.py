@@ -23,20 +23,27 @@ GRPO = dict(model="tiny", group_size=4, prompts_per_step=2, max_completion_lengt
             reward_funcs="tests.toy_rewards:vowel_share,format", reward_weights="1,1")
 PACKED = dict(train_examples=16, max_length=700, max_steps=2, gradient_accumulation_steps=2, learning_rate=1e-3,
               eval_every=-1, save_every=2, overwrite=True)
+EQUAL_SKIP = dict(dataset="arithmetic:1", prompts_per_step=4, reward_weights="",
+                  reward_funcs="tests.toy_rewards:vowel_share_if_minus")  # some groups get one reward
 EQUAL = {  # name: (loop, config): each must end with the same weights on 1 and on N processes
     "grpo": ("grpo", {}),
     "dr_grpo": ("grpo", dict(loss_type="dr_grpo")),
     "dapo": ("grpo", dict(loss_type="dapo", beta=0.04)),
     "iterations": ("grpo", dict(num_iterations=2, lr_scheduler="cosine", warmup_ratio=0.5)),
-    "skip_zero": ("grpo", dict(dataset="arithmetic:1", prompts_per_step=4, reward_weights="",
-                               reward_funcs="tests.toy_rewards:vowel_share_if_minus")),
+    "skip_zero": ("grpo", EQUAL_SKIP),
     "batch_scale": ("grpo", dict(scale_rewards="batch")),
     "sft": ("sft", dict(model="tiny")),
     "distill": ("distill", dict(teacher="tiny", student_from_teacher_layers="1")),
+    # --fsdp (sharded weights, gradients, AdamW state; the one-process run is the plain loop)
+    "grpo_fsdp": ("grpo", dict(fsdp=True, loss_type="dapo", beta=0.04, num_iterations=2)),
+    "skip_zero_fsdp": ("grpo", dict(EQUAL_SKIP, fsdp=True)),
+    "sft_fsdp": ("sft", dict(model="tiny", fsdp=True)),
+    "distill_fsdp": ("distill", dict(teacher="tiny", student_from_teacher_layers="1", fsdp=True)),
 }
 
 
 def run(loop: str, out: str, **kw) -> None:
+    kw["fsdp"] = kw.get("fsdp", False) and dist.world() > 1
     if loop == "grpo":
         grpo_train.main(GRPOConfig(**{**GRPO, **kw}, output_dir=out))
     elif loop == "sft":
@@ -47,10 +54,13 @@ def run(loop: str, out: str, **kw) -> None:
 
 def faults(out: str) -> None:
     """Cases where ranks differ: none may hang (the test sets a 30 s process-group timeout)."""
-    # rank 0's prompts are all a + b, whose groups get a constant reward: it trains nothing
-    run("grpo", f"{out}/zero_on_one_rank", dataset="arithmetic:1", prompts_per_step=2, reward_weights="",
-        reward_funcs="tests.toy_rewards:constant_on_rank_0")
-    # a non-finite loss on rank 1 only, in the first step: every rank skips that step
+    # rank 0's prompts are all a + b, whose groups get a constant reward: it trains nothing (with --fsdp
+    # it trains them all, adding 0)
+    for name, kw in (("zero_on_one_rank", {}), ("zero_on_one_rank_fsdp", dict(fsdp=True))):
+        run("grpo", f"{out}/{name}", dataset="arithmetic:1", prompts_per_step=2, reward_weights="",
+            reward_funcs="tests.toy_rewards:constant_on_rank_0", **kw)
+    # a non-finite loss on rank 1 only, in the first step: every rank skips that step (FSDP: ranks that
+    # run different numbers of passes would hang)
     real, calls = grpo_train.grpo_loss, {"n": 0}
 
     def nan_on_rank_1(*args, **kwargs):
@@ -59,7 +69,9 @@ def faults(out: str) -> None:
         return (loss * float("nan") if dist.rank() == 1 and calls["n"] == 1 else loss), stats
 
     grpo_train.grpo_loss = nan_on_rank_1
-    run("grpo", f"{out}/nan_on_one_rank", max_steps=3, save_every=1)
+    for name, kw in (("nan_on_one_rank", {}), ("nan_on_one_rank_fsdp", dict(fsdp=True))):
+        calls["n"] = 0
+        run("grpo", f"{out}/{name}", max_steps=3, save_every=1, **kw)
     grpo_train.grpo_loss = real
     # a time budget already spent: every rank stops after the first step
     run("grpo", f"{out}/out_of_time", max_steps=5, max_minutes=1e-9)

@@ -35,3 +35,10 @@ def test_chat_answers_with_tiny_model_and_config_file(tmp_path):
     bad.write_text(json.dumps({"modle": "tiny"}))
     out = run("chat", "hi", "--config", str(bad))
     assert out.returncode == 2 and "unknown field(s) modle" in out.stderr
+
+
+def test_fsdp_outside_torchrun_is_a_one_line_error(tmp_path):
+    out = run("sft", "--model", "tiny", "--fsdp", "--max-steps", "1", "--output-dir", str(tmp_path))
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == \
+        "error: run.py sft: --fsdp shards a model over several processes: launch with torchrun", out.stderr
