@@ -14,7 +14,8 @@ the process group (NCCL on GPUs, gloo on a CPU) and each helper talks to it.
                          parameter with none gets zeros first, also with one process); a model
                          sharded by --fsdp (lm/sharding.py) has had them summed in its backward
     barrier()            wait for every rank (rank 0 writing a checkpoint, say)
-    sum_dicts, mean_over_ranks, std_over_ranks: metrics and statistics of the whole step
+    sum_dicts, std_over_ranks: metrics and statistics of the whole step
+    merge_dicts          every rank's share of a result (evaluation records), on every rank
 
 Why gradients are summed by hand rather than by DistributedDataParallel's hooks: ranks may run
 different numbers of backward passes in one step (GRPO skips completions whose advantage is 0, a
@@ -126,13 +127,13 @@ def sum_dicts(values: dict) -> dict:
     return total
 
 
-def mean_over_ranks(values: dict, weight: float) -> dict:
-    """{name: number} averaged over ranks, each rank's numbers weighted by `weight` (its count)."""
+def merge_dicts(mine: dict) -> dict:
+    """Every rank's dict merged into one, on every rank (each rank holds different keys)."""
     if not active():
-        return dict(values)
-    total = sum_dicts({**{k: v * weight for k, v in values.items()}, "__weight": weight})
-    weight_sum = total.pop("__weight")
-    return {k: v / weight_sum if weight_sum else float("nan") for k, v in total.items()}
+        return dict(mine)
+    gathered = [None] * world()
+    dist.all_gather_object(gathered, mine)
+    return {k: v for part in gathered for k, v in part.items()}
 
 
 def std_over_ranks(values: torch.Tensor) -> float:

@@ -26,12 +26,11 @@ from common.config import arg
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps
 from common.runlog import append_jsonl, open_run, plot_metrics
 from distill.loss import KINDS, distillation_loss
+from evaluation import eval_metrics
 from lm import checkpoint as ckpt
-from lm import sharding
-from lm import load_model
+from lm import load_model, sharding
 from lm.precision import resolve_precision
 from lm.logprobs import hidden_states
-from recipe.evaluate import eval_metrics
 from sft.data import PackedTrainingFlags, prepare
 from tasks import load_math
 

@@ -37,16 +37,15 @@ from tqdm import tqdm
 from common import dist
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps
 from common.runlog import append_jsonl, open_run, plot_metrics
+from evaluation import eval_metrics
 from grpo.advantages import group_advantages
 from grpo.config import GRPOConfig  # noqa: F401  (run.py finds it here)
 from grpo.loss import grpo_loss
 from lm import checkpoint as ckpt
-from lm import sharding
-from lm import load_model, sample, token_logprobs
+from lm import load_model, sample, sharding, token_logprobs
 from lm.chat import encode_prompt
 from lm.draw import prompt_keys
 from lm.precision import resolve_precision
-from recipe.evaluate import eval_metrics
 from rewards import build_rewards, events, score
 from tasks import load_math
 

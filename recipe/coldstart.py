@@ -13,8 +13,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from evaluation import generate_and_score
 from lm.chat import SYSTEM_PROMPT
-from recipe.evaluate import generate_and_score
 from rewards import accuracy_reward, build_rewards, format_reward
 from rewards.verify import ANSWER_TAG, extract_answer
 from tasks import arithmetic_rows

@@ -22,12 +22,12 @@ from pathlib import Path
 from common.config import arg
 from distill.train import DistillConfig
 from distill.train import main as distill_main
+from evaluation import evaluate
 from grpo.config import GRPOConfig
 from grpo.train import main as grpo_main
 from lm import checkpoint as ckpt
 from lm import load_model
 from recipe.coldstart import make_cold_start, write_pairs
-from recipe.evaluate import evaluate
 from recipe.sample import SampleConfig
 from recipe.sample import main as sample_main
 from rewards import TUTORIAL_REWARDS
@@ -82,7 +82,7 @@ def main(config: PipelineConfig) -> dict:
         prompted = rows[:n["prompted"]]
         base, tok = load_model(config.model)
         zero, _ = load_model(model_of("1-r1-zero"))
-        from recipe.evaluate import generate_and_score
+        from evaluation import generate_and_score
         from rewards import build_rewards
         raw = generate_and_score(zero, tok, prompted, build_rewards("format"), samples_per_problem=2,
                                  temperature=0.8, max_new_tokens=n["tokens"], seed=config.seed, desc="refine")

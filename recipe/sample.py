@@ -4,16 +4,18 @@ Writes `samples.jsonl`: one line per prompt with every completion, each reward, 
 With `--keep best --min-score X` it also writes `kept.jsonl`: for each prompt, the best completion
 scoring at least X, as a prompt/completion pair that `run.py sft` reads (R1's rejection sampling for
 SFT stage 2; with a teacher model, it is sequence-level distillation as the R1 paper distilled its
-small models). Prints how many prompts kept an answer.
+small models). Prints how many prompts kept an answer. Under `torchrun` the prompts are shared out over the ranks
+(the same completions as one process: each prompt's random numbers are keyed by its index).
 """
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import dist
 from common.config import arg
+from evaluation import generate_and_score
 from lm import load_model
 from lm.chat import SYSTEM_PROMPT
-from recipe.evaluate import generate_and_score
 from rewards import build_rewards
 from tasks import load_math
 
@@ -60,17 +62,20 @@ def best_completions(records: list[dict], min_score: float) -> list[dict]:
 
 
 def main(config: SampleConfig) -> dict:
+    device = dist.init(config.device)  # under torchrun the prompts are shared out over the ranks
     rows = load_math(config.dataset, config.split, config.num_prompts, seed=config.seed)
     specs = build_rewards(config.reward_funcs, config.reward_weights, config.max_new_tokens)
-    model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
+    model, tokenizer = load_model(config.model, dtype=config.dtype, device=device)
     records = generate_and_score(model, tokenizer, rows, specs, samples_per_problem=config.num_samples,
                                  temperature=config.temperature, top_p=config.top_p,
                                  max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                                  seed=config.seed)
+    summary = {"prompts": len(records), "completions": sum(len(r["completions"]) for r in records)}
+    if not dist.is_main():  # rank 0 writes
+        return summary
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    summary = {"prompts": len(records), "completions": sum(len(r["completions"]) for r in records)}
     if config.keep == "best":
         kept = best_completions(records, config.min_score)
         (out / "kept.jsonl").write_text("".join(json.dumps(k) + "\n" for k in kept))

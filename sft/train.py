@@ -19,11 +19,10 @@ from common import dist
 from common.config import arg
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps
 from common.runlog import append_jsonl, open_run, plot_metrics
+from evaluation import eval_metrics
 from lm import checkpoint as ckpt
-from lm import sharding
-from lm import load_model
+from lm import load_model, sharding
 from lm.precision import resolve_precision
-from recipe.evaluate import eval_metrics
 from sft.loss import sft_loss
 from sft.data import PackedTrainingFlags, prepare
 from tasks import load_math

@@ -15,6 +15,10 @@ from common import dist  # noqa: E402
 from distill.train import DistillConfig  # noqa: E402
 from distill.train import main as distill  # noqa: E402
 from grpo.config import GRPOConfig  # noqa: E402
+from recipe.evaluate import EvalConfig  # noqa: E402
+from recipe.evaluate import main as evaluate  # noqa: E402
+from recipe.sample import SampleConfig  # noqa: E402
+from recipe.sample import main as sample  # noqa: E402
 from sft.train import SFTConfig  # noqa: E402
 from sft.train import main as sft  # noqa: E402
 
@@ -84,5 +88,10 @@ if __name__ == "__main__":
     if which == "equal":
         for name, (loop, kw) in EQUAL.items():
             run(loop, f"{out}/{name}", **kw)
+        # the commands that only sample: problems shared out over the ranks, rank 0 writes
+        evaluate(EvalConfig(model="tiny", num_problems=5, samples_per_problem=2, temperature=1.0, max_new_tokens=8,
+                            batch_size=2, output_dir=f"{out}/eval"))
+        sample(SampleConfig(model="tiny", num_prompts=5, num_samples=2, max_new_tokens=8, batch_size=2,
+                            keep="best", min_score=-9, output_dir=f"{out}/sample"))
     else:
         faults(out)

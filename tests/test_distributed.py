@@ -51,6 +51,14 @@ def test_two_processes_make_the_updates_of_one(equal_runs, name):
             assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=1e-4, abs=1e-6), (name, key)
 
 
+def test_eval_and_sample_over_two_processes_write_what_one_writes(equal_runs):
+    one, two = equal_runs / "one", equal_runs / "two"
+    report = lambda run: json.loads((run / "eval" / "report.json").read_text())["models"]["tiny"]
+    assert report(one)["problems"] == 5 and report(two) == pytest.approx({**report(one), "seconds": report(two)["seconds"]})
+    for name in ("eval/samples.jsonl", "sample/samples.jsonl", "sample/kept.jsonl"):
+        assert (two / name).read_text() == (one / name).read_text(), name   # the same completions, in order
+
+
 def test_ranks_that_differ_never_hang(tmp_path):
     proc = torchrun("tests/dist_cases.py", str(tmp_path), "faults")
     assert proc.returncode == 0, proc.stderr[-3000:]

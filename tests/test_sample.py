@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 from conftest import ROOT
-from recipe.evaluate import paired, pass_at_k, wilson
+from evaluation import paired, pass_at_k, wilson
 from recipe.sample import best_completions
 from tasks import load_conversations
 
