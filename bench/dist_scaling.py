@@ -47,16 +47,19 @@ def main():
                 metrics = run(procs, fsdp, args, Path(tmp) / f"{procs}{fsdp}")
                 reference = reference or metrics
                 later = metrics[1:] or metrics  # the first step also builds the sampler
-                differ = max(abs(a[k] - b[k]) for a, b in zip(reference, metrics) for k in ("loss", "reward", "grad_norm"))
+                differ = [max(abs(a[k] - b[k]) for k in ("loss", "reward", "grad_norm"))
+                          for a, b in zip(reference, metrics)]
                 rows.append((f"{procs} process{'es' if procs > 1 else ''}{' --fsdp' if fsdp else ''}",
                              sum(r["time_step"] for r in later) / len(later),
                              sum(r["time_sampling"] for r in later) / len(later),
                              sum(r["time_training"] for r in later) / len(later), differ))
+                print(rows[-1][0], "per step:", json.dumps([{k: r[k] for k in ("loss", "reward", "grad_norm",
+                      "completion_len")} for r in metrics]), flush=True)
     print(f"GRPO step, {args.model}, 4 prompts x 8 completions, {args.tokens} new tokens, {args.steps} steps "
-          f"(times: mean of steps 2..; largest difference from 1 process in loss, reward, grad norm)")
-    print(f"{'run':<24}{'step s':>9}{'sampling s':>12}{'training s':>12}{'max diff':>11}")
+          f"(times: mean of steps 2..; differences: the largest of loss, reward, grad norm)")
+    print(f"{'run':<24}{'step s':>9}{'sampling s':>12}{'training s':>12}  difference from 1 process, step by step")
     for name, step, sampling, training, differ in rows:
-        print(f"{name:<24}{step:9.3f}{sampling:12.3f}{training:12.3f}{differ:11.1e}")
+        print(f"{name:<24}{step:9.3f}{sampling:12.3f}{training:12.3f}  {' '.join(f'{d:.1e}' for d in differ)}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 14: on a bare H100/H200 machine (torch and transformers, none of our other
+# The GPU check of issues 14 and 15: on a bare H100/H200 machine (torch and transformers, none of our other
 # packages, no network), the CUDA tests, then the benchmark table, in under 5 minutes.
 #
 #   bench/gpu_check.sh --prepare   here, with the package index: wheels and the built-in model's config
@@ -37,6 +37,13 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 echo "== CUDA tests"
 python3 -m pytest -q -p no:cacheprovider tests/test_sampler.py tests/test_decode.py tests/test_sampling.py \
     tests/test_precision.py tests/test_logprobs.py tests/test_grpo_math.py
+echo "== torchrun with NCCL (one process; the several-GPU path of issue 15), plain and --fsdp"
+for extra in "" "--fsdp"; do
+    python3 -m torch.distributed.run --standalone --nproc_per_node 1 run.py grpo --model tiny --device cuda \
+        --group-size 4 --prompts-per-step 2 --max-completion-length 16 --max-steps 2 --eval-every -1 \
+        --reward-funcs tests.toy_rewards:vowel_share,format --output-dir /tmp/nccl$extra --overwrite $extra
+    tail -n 1 "/tmp/nccl$extra/metrics.jsonl"
+done
 echo "== benchmark"
 python3 bench/grpo_step.py --device cuda --model "$GPU/smollm2-135m" --random-weights --steps 3 \
     --decode-rows 8,64 --qwen-shaped --trl-checkpointing default

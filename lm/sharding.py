@@ -24,6 +24,7 @@ gradient norm, and every rank skips the update), and GRPO trains completions who
 (adding exactly 0) instead of skipping them.
 """
 import functools
+import warnings
 
 import torch
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
@@ -33,6 +34,10 @@ from transformers import AutoModelForCausalLM
 
 from common import dist
 from common.config import ConfigError
+
+# The entry functions return views ((N*T,) log-probs viewed as (N, T)); FSDP warns that an in-place op on
+# such a view would skip its backward hook. No caller changes log-probs, logits or losses in place.
+warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
 _running = set()  # ids of sharded models whose `entry` forward is running (nested entries run plainly)
 
@@ -49,7 +54,11 @@ def shard(model, precision=None):
     mixed = precision is not None and precision.compute != precision.weights
     policy = MixedPrecisionPolicy(param_dtype=precision.compute, reduce_dtype=torch.float32) if mixed \
         else MixedPrecisionPolicy()
-    units = [*model.base_model.layers, model]
+    layers = getattr(model.base_model, "layers", None)
+    if layers is None:
+        raise ConfigError(f"--fsdp: {type(model).__name__} keeps no decoder layers in .layers (Llama, Qwen2 and "
+                          f"most causal LMs of transformers do)")
+    units = [*layers, model]
     for unit in units:
         fully_shard(unit, mp_policy=policy)
     for unit in units:  # gradients summed over ranks (plain SUM: gloo has no pre-scaled reduction)
