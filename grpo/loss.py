@@ -21,6 +21,12 @@ Choices, named:
   micro-batches of one batch, each given the full batch's denominator, sum to the full-batch loss.
 - With one update per batch old_logp is logp.detach(): w = 1, clipping never binds, and the
   gradient is the plain policy gradient A * grad(logp).
+- Truncated importance sampling (`sampler_logp`, `tis_cap`; Yao et al. 2025, "Your efficient RL
+  framework secretly brings you off-policy RL training"): when the tokens were drawn by a sampler
+  whose probabilities differ from the trainer's (a bfloat16 copy, another kernel), the policy-gradient
+  term of each token is weighted by min(exp(old_logp - sampler_logp), tis_cap), detached: the
+  importance weight from the sampler's distribution to the trainer's, capped to bound the variance.
+  The KL term is not weighted (it is an expectation under the trainer's own policy).
 
 Shapes: N sequences, T completion tokens. `mask` is 1 on completion tokens (up to the first EOS).
 """
@@ -35,7 +41,8 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
               adv: torch.Tensor, mask: torch.Tensor, *, epsilon: float = 0.2,
               epsilon_high: float | None = None, beta: float = 0.0, loss_type: str = "grpo",
               max_completion_length: int | None = None, normalizer: float | None = None,
-              importance_sampling_level: str = "token") -> tuple[torch.Tensor, dict]:
+              importance_sampling_level: str = "token", sampler_logp: torch.Tensor | None = None,
+              tis_cap: float | None = None) -> tuple[torch.Tensor, dict]:
     """Scalar loss and stats (plain floats); see the module docstring for the formula."""
     N, T = logp.shape
     assert old_logp.shape == (N, T) and mask.shape == (N, T) and adv.shape == (N,), \
@@ -58,6 +65,11 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     A = adv[:, None].to(logp.dtype)                                               # (N, 1)
     surrogate = torch.min(ratio * A, torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * A)
     per_token = -surrogate                                                        # (N, T)
+    if tis_cap is not None:
+        if sampler_logp is None or tis_cap <= 0:
+            raise ValueError("tis_cap needs sampler_logp and a cap > 0")
+        tis = torch.exp(old_logp - sampler_logp).clamp(max=tis_cap).detach()     # (N, T) TIS weights
+        per_token = per_token * tis
     kl = None
     if beta != 0.0:
         delta = ref_logp - logp                                                   # (N, T)

@@ -59,6 +59,25 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def truncated(top_k: int, top_p: float, vocab: int) -> bool:
+    """Whether top_k / top_p cut anything from a vocabulary of `vocab` tokens."""
+    return 0 < top_k < vocab or top_p < 1.0
+
+
+def kept_logits(logits: torch.Tensor, targets: torch.Tensor, top_k: int = 0, top_p: float = 1.0,
+                kept_by: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, V) logits with -inf outside the set the sampler kept, for log-probs of the distribution that
+    sampled: softmax over the kept set, renormalised. The kept set is `filter_logits` of `kept_by`
+    (another model's logits at the same positions: the reference model is scored on the policy's kept
+    set, so that its KL term compares two distributions over the same support) or of `logits` itself.
+    The target (n,) token is always kept: the sampler drew it, so it was in the sampler's kept set, and
+    if float rounding between the sampling and the training pass moves it out at the boundary, a
+    log-prob of -inf would make the ratio 0 and the k3 KL NaN; it is scored in the kept set plus itself."""
+    keep = torch.isfinite(filter_logits(logits if kept_by is None else kept_by, top_k, top_p))
+    keep[torch.arange(len(targets), device=targets.device), targets] = True
+    return logits.masked_fill(~keep, float("-inf"))
+
+
 def draw(logits: torch.Tensor, keys: torch.Tensor, t: torch.Tensor | int, temperature: float,
          top_k: int = 0, top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, V) logits -> (n,) tokens and (n,) their log-probs under the distribution drawn from

@@ -34,6 +34,7 @@ from transformers import DynamicCache
 
 from lm import sharding
 from lm.attention import packed_attention
+from lm.draw import kept_logits, truncated
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -42,14 +43,18 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _chunk_logp(lm_head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
-                with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                with_entropy: bool, top_k: int = 0, top_p: float = 1.0, kept_head=None,
+                kept_hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     logits = lm_head(hidden).float() / temperature                                # (C, V)
+    if truncated(top_k, top_p, logits.shape[-1]):  # the sampler's kept set (its own or kept_head's)
+        kept_by = None if kept_head is None else kept_head(kept_hidden).float() / temperature
+        logits = kept_logits(logits, targets, top_k, top_p, kept_by)              # -inf outside it
     lse = logits.logsumexp(-1)                                                    # (C,)
     logp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse                  # (C,)
     if not with_entropy:
         return logp, torch.zeros_like(logp)
     probs = (logits - lse[:, None]).exp()
-    entropy = lse - (probs * logits).sum(-1)                                      # (C,)
+    entropy = lse - torch.where(probs > 0, probs * logits, 0.0).sum(-1)           # (C,) (0 * -inf: 0)
     return logp, entropy
 
 
@@ -57,13 +62,16 @@ def _chunk_logp(lm_head, hidden: torch.Tensor, targets: torch.Tensor, temperatur
 def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                    completion_ids: torch.Tensor, completion_mask: torch.Tensor | None = None, *,
                    temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False,
-                   share_prompts: bool = True):
+                   share_prompts: bool = True, top_k: int = 0, top_p: float = 1.0, kept_by=None):
     """log p(completion token | everything before it) at `temperature`, shape (N, T).
 
     Returns (logp, entropy); entropy (N, T) is the entropy of each position's tempered distribution
     (zeros unless `with_entropy`). Padding positions get a value too; callers mask them.
     `share_prompts` runs each distinct prompt once (`shared_prompt_hidden`); False (and gradient
     checkpointing, which turns transformers' KV cache off) runs the plain `completion_hidden`.
+    `top_k` / `top_p`: the distribution the sampler drew from, softmax over the tokens that
+    `lm.draw.filter_logits` keeps (the completion's token always kept: `lm.draw.kept_logits`); with
+    `kept_by` (another model, run without gradients) the kept set is that model's, not this one's.
     """
     N, T = completion_ids.shape
     assert prompt_ids.shape[0] == N and prompt_mask.shape == prompt_ids.shape
@@ -71,10 +79,16 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
         completion_mask = torch.ones_like(completion_ids)
     completion_mask = completion_mask.to(prompt_mask.dtype)
     shared = share_prompts and T > 1 and not _checkpointing(model)
-    hidden = (shared_prompt_hidden if shared else completion_hidden)(
-        model, prompt_ids, prompt_mask, completion_ids, completion_mask)          # (N, T, H)
+    body = shared_prompt_hidden if shared else completion_hidden
+    hidden = body(model, prompt_ids, prompt_mask, completion_ids, completion_mask)  # (N, T, H)
+    kept = None
+    if kept_by is not None and truncated(top_k, top_p, model.config.vocab_size):
+        with torch.no_grad():
+            kept = (kept_by.get_output_embeddings(),
+                    body(kept_by, prompt_ids, prompt_mask, completion_ids, completion_mask).reshape(N * T, -1))
     logp, entropy = chunked_logprobs(model.get_output_embeddings(), hidden.reshape(N * T, -1),
-                                     completion_ids.reshape(N * T), temperature, chunk_size, with_entropy)
+                                     completion_ids.reshape(N * T), temperature, chunk_size, with_entropy,
+                                     top_k=top_k, top_p=top_p, kept=kept)
     return logp.view(N, T), entropy.view(N, T)
 
 
@@ -122,8 +136,10 @@ def copy_rows(x: torch.Tensor, copies: torch.Tensor) -> torch.Tensor:
 
 
 def chunked_logprobs(lm_head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-                     chunk_size: int = 1024, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                     chunk_size: int = 1024, with_entropy: bool = False, *, top_k: int = 0, top_p: float = 1.0,
+                     kept: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, H) hidden states and (M,) targets -> (M,) log-probs (and entropies), chunk by chunk.
+    `top_k`, `top_p`, `kept` (another model's output layer and (M, H) hidden states): token_logprobs.
     With gradients on and more than one chunk, each chunk's logits are recomputed in the backward
     pass; a single chunk keeps its logits instead (no more memory than the plain version, and one
     vocabulary-sized product less)."""
@@ -131,7 +147,8 @@ def chunked_logprobs(lm_head, hidden: torch.Tensor, targets: torch.Tensor, tempe
     logps, entropies = [], []
     for start in range(0, hidden.shape[0], chunk_size):
         args = (lm_head, hidden[start:start + chunk_size], targets[start:start + chunk_size],
-                temperature, with_entropy)
+                temperature, with_entropy, top_k, top_p,
+                *((kept[0], kept[1][start:start + chunk_size]) if kept is not None else ()))
         logp, ent = checkpoint(_chunk_logp, *args, use_reentrant=False) if recompute else _chunk_logp(*args)
         logps.append(logp)
         entropies.append(ent)
