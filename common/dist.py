@@ -8,7 +8,7 @@ the process group (NCCL on GPUs, gloo on a CPU) and each helper talks to it.
     rank(), world()      this process's index and the number of processes
     is_main()            rank 0: it alone writes logs, samples, plots and checkpoints and shows progress
     my_slice(n, what)    this rank's contiguous block of range(n); n must divide by the world size
-    all_sum(x)           a number summed over ranks (a float comes back)
+    all_sum(x), all_max  a number summed over ranks, or their largest (a float comes back)
     any_rank(flag)       True on every rank if it is True on any: decisions to skip or stop are collective
     sum_gradients(model) every parameter's gradient summed over ranks, once per optimizer step (a
                          parameter with none gets zeros first, also with one process); a model
@@ -84,6 +84,15 @@ def all_sum(value: float) -> float:
         return float(value)
     tensor = torch.tensor(float(value), dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(tensor)
+    return tensor.item()
+
+
+def all_max(value: float) -> float:
+    """The largest of every rank's number."""
+    if not active():
+        return float(value)
+    tensor = torch.tensor(float(value), dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor.item()
 
 

@@ -39,6 +39,17 @@ class GRPOConfig:
     skip_zero_advantage: bool = arg(True, "with beta 0, leave completions whose advantage is 0 out of the "
                                     "forward/backward (exact: they add nothing to the loss or gradient)")
     # optimisation
+    dynamic_sampling: bool = arg(False, "drop groups whose rewards are all equal and sample new prompts in "
+                                 "their place (DAPO's dynamic sampling, arXiv 2503.14476, section 3.2)")
+    max_sampling_rounds: int = arg(3, "with --dynamic-sampling: extra sampling rounds per step at most")
+    curriculum: str = arg("none", "none, or pass-rate: draw prompts whose estimated pass rate makes a group "
+                          "most likely to carry signal (grpo/curriculum.py; needs the accuracy reward)")
+    truncated_logprobs: bool = arg(True, "with --top-k/--top-p: train the truncated distribution that sampled "
+                                   "(--no-truncated-logprobs: the full softmax, as TRL and verl do)")
+    sampler_correction: str = arg("none", "none, or tis: weight each token's policy-gradient term by "
+                                  "min(pi_trainer / pi_sampler, --tis-cap) (truncated importance sampling, "
+                                  "Yao et al. 2025, 'Your efficient RL framework secretly brings you off-policy RL')")
+    tis_cap: float = arg(2.0, "with --sampler-correction tis: the cap on the importance weight")
     learning_rate: float = arg(2e-6, "peak learning rate (AdamW)")
     weight_decay: float = arg(0.0, "AdamW weight decay")
     warmup_ratio: float = arg(0.0, "share of optimizer steps spent warming up linearly")
@@ -83,6 +94,20 @@ class GRPOConfig:
                 raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        for value, choices, flag in ((self.curriculum, ("none", "pass-rate"), "--curriculum"),
+                                     (self.sampler_correction, ("none", "tis"), "--sampler-correction")):
+            if value not in choices:
+                raise ValueError(f"{flag} {value!r}: choose one of {', '.join(choices)}")
+        if self.curriculum == "pass-rate" and "accuracy" not in self.reward_funcs.split(","):
+            raise ValueError("--curriculum pass-rate estimates pass rates from the accuracy reward: add it to "
+                             "--reward-funcs (its weight may be 0)")
+        if self.tis_cap <= 0 or self.max_sampling_rounds < 0:
+            raise ValueError("--tis-cap must be > 0 and --max-sampling-rounds >= 0")
+        cut = self.top_k > 0 or self.top_p < 1.0
+        if self.fsdp and (self.dynamic_sampling or (self.beta > 0 and cut and self.truncated_logprobs)):
+            raise ValueError("--fsdp runs every rank through the same passes: not with --dynamic-sampling (ranks keep "
+                             "different numbers of groups), nor with beta > 0 and truncated sampling (the reference "
+                             "is scored on the policy's kept set, which needs both models in one pass)")
         if self.resume and self.overwrite:
             raise ValueError("--resume continues a run and --overwrite removes one: choose one")
         parse_names_and_weights(self.reward_funcs, self.reward_weights)

@@ -99,3 +99,15 @@ def _stats(ratio, A, kl, mask, eps_low, eps_high) -> dict:
         "ratio_mean": ((ratio * mask).sum() / n).item(),
         "kl": ((kl * mask).sum() / n).item() if kl is not None else 0.0,
     }
+
+
+@torch.no_grad()
+def sampler_mismatch(sampler_logp: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor) -> dict:
+    """How far the trainer's log-probs of the sampled tokens are from the sampler's, over the masked
+    (N, T) tokens: sums of |logp - sampler_logp| and of the k3 estimate of KL(sampler || trainer)
+    (r - 1 - log r with r = pi_trainer / pi_sampler, unbiased for tokens drawn by the sampler), and
+    the largest ratio r. Zero and 1 when the two agree."""
+    log_r = (logp - sampler_logp).masked_fill(mask == 0, 0.0)                     # (N, T)
+    return {"sampler_logp_gap": log_r.abs().sum().item(),
+            "sampler_kl": (log_r.exp() - 1 - log_r).sum().item(),
+            "sampler_ratio_max": log_r.masked_fill(mask == 0, float("-inf")).exp().max().item() if mask.any() else 1.0}

@@ -39,29 +39,19 @@ from common.optim import clipped_step, make_optimizer, make_scheduler, stop_afte
 from common.runlog import append_jsonl, open_run, plot_metrics
 from evaluation import eval_metrics
 from grpo.advantages import group_advantages
+from grpo.batch import Groups, fill_with_signal, prompt_rows, round_stats, sample_groups
 from grpo.config import GRPOConfig  # noqa: F401  (run.py finds it here)
-from grpo.loss import grpo_loss
+from grpo.curriculum import PassRateCurriculum, pass_counts
+from grpo.loss import grpo_loss, sampler_mismatch
 from lm import checkpoint as ckpt
-from lm import load_model, sample, sharding, token_logprobs
-from lm.chat import encode_prompt
-from lm.draw import prompt_keys
+from lm import load_model, sharding, token_logprobs
 from lm.precision import resolve_precision
-from rewards import build_rewards, events, score
+from rewards import build_rewards, events
 from tasks import load_math
 
 PLOT_KEYS = ["reward", "reward_std", "loss", "kl", "clip_frac", "completion_len", "truncated_frac",
              "entropy", "grad_norm", "eval/accuracy", "eval/format_rate"]
 LOGS = ("metrics.jsonl", "samples.jsonl")
-
-
-def prompt_rows(rows: list[dict], seed: int, position: int, count: int) -> list[dict]:
-    """`count` rows starting at `position` of an endless, per-epoch shuffled stream."""
-    out = []
-    for p in range(position, position + count):
-        epoch, index = divmod(p, len(rows))
-        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        out.append(rows[order[index].item()])
-    return out
 
 
 def main(config: GRPOConfig) -> dict:
@@ -88,14 +78,18 @@ def main(config: GRPOConfig) -> dict:
     eval_rows = (load_math(config.eval_dataset or config.dataset, "test", config.eval_problems, seed=config.seed)
                  if config.eval_every >= 0 else [])
     specs = build_rewards(config.reward_funcs, config.reward_weights, config.max_completion_length)
+    cut = {"top_k": config.top_k, "top_p": config.top_p} if config.truncated_logprobs else {}  # what sampled
     total_updates = config.max_steps * config.num_iterations
     optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
     scheduler = make_scheduler(optimizer, config.lr_scheduler, int(config.warmup_ratio * total_updates), total_updates)
 
-    start_step = 0
+    curriculum = PassRateCurriculum(rows, config.group_size, config.seed) if config.curriculum == "pass-rate" else None
+    start_step, position = 0, 0  # position: prompt slots used so far (B per sampling round)
     if resume_from:
         state = ckpt.restore_training(resume_from, model, optimizer, scheduler)
-        start_step = state["step"]
+        start_step, position = state["step"], state["data_position"]
+        if curriculum is not None:
+            curriculum.load_state_dict(state["curriculum"])
         print(f"resumed from {resume_from} at step {start_step}")
     if dist.is_main():
         open_run(out, config, start_step if resume_from else None, logs=LOGS)
@@ -112,27 +106,36 @@ def main(config: GRPOConfig) -> dict:
                initial=start_step, total=config.max_steps, disable=not dist.is_main())
     for step in bar:
         t0 = time.perf_counter()
-        # ---- algorithm: sample G completions for each of B prompts
-        first = step * config.prompts_per_step + mine.start  # global index of this rank's first prompt
-        batch = prompt_rows(rows, config.seed, first, len(mine))
-        keys = prompt_keys(config.seed, step, range(first, first + len(mine)))
+        # ---- algorithm: G completions for each of B prompts, scored (grpo/batch.py); with dynamic
+        # sampling, groups without signal are replaced by new prompts' groups
+        G, B = config.group_size, config.prompts_per_step
         model.eval()
         with precision.autocast():
-            s = sample(sharding.gathered(model), [encode_prompt(tokenizer, r["problem"]) for r in batch], group_size=config.group_size,
-                       max_new_tokens=config.max_completion_length, temperature=config.temperature,
-                       top_p=config.top_p, top_k=config.top_k, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id, keys=keys, cuda_graphs=False if config.fsdp else None)
+            policy = sharding.gathered(model)  # under --fsdp a full copy for the whole sampling phase
+
+            def sample_round(r: int) -> Groups:  # this rank's share of the next B prompt slots
+                first = position + r * B                                          # the round's first slot
+                prompts = (curriculum.draw(first, B)[mine.start:mine.stop] if curriculum is not None
+                           else prompt_rows(rows, config.seed, first + mine.start, len(mine)))
+                groups = sample_groups(policy, tokenizer, prompts, range(first + mine.start, first + mine.stop),
+                                       step, specs, config, cuda_graphs=False if config.fsdp else None)
+                if curriculum is not None:
+                    curriculum.update(pass_counts(groups.prompts, groups.per_reward["accuracy"], G))
+                return groups
+
+            if config.dynamic_sampling:
+                groups, rounds = fill_with_signal(sample_round, B, config.max_sampling_rounds, G, tokenizer.pad_token_id)
+            else:
+                groups = sample_round(0)
+                rounds = round_stats(groups, G)
+            policy = None  # under --fsdp the copy's memory goes back before training
+        position += rounds["sampling_rounds"] * B
         model.train()
         t_sample = time.perf_counter() - t0
 
-        # ---- algorithm: score, then group-relative advantages
-        G = config.group_size
+        # ---- algorithm: group-relative advantages
+        s, texts, per_reward, total = groups.samples, groups.texts, groups.per_reward, groups.total
         lengths = s.completion_mask.sum(-1)                                       # (N,)
-        texts = tokenizer.batch_decode([ids[:n] for ids, n in zip(s.completion_ids.tolist(), lengths.tolist())],
-                                       skip_special_tokens=True)
-        columns = {k: [r[k] for r in batch for _ in range(G)] for k in batch[0] if k != "worked"}
-        columns["completion_length"] = lengths.tolist()
-        per_reward, total = score(specs, texts, columns)
         rewards = torch.tensor(total, dtype=torch.float32)                        # (N,) this rank's
         adv = group_advantages(rewards, G, scale=config.scale_rewards, batch_std=dist.std_over_ranks(rewards)
                                if config.scale_rewards == "batch" else None).to(model.device)
@@ -144,21 +147,22 @@ def main(config: GRPOConfig) -> dict:
         # 0 adds exactly nothing to the loss or its gradient (-min(w * 0, clip(w) * 0) = 0): skip it.
         # The normaliser below still counts every completion, so the loss is unchanged.
         N = len(texts)
-        N_all = N * dist.world()                                                  # the whole step's completions
+        N_all = int(dist.all_sum(N))                                              # the whole step's completions
         trained = torch.arange(N)
         if config.beta == 0 and config.skip_zero_advantage and not config.fsdp:
             trained = trained[adv.cpu() != 0]
         micro = [trained[i:i + config.micro_batch_size] for i in range(0, len(trained), config.micro_batch_size)]
 
-        def logps_of(m, idx, **kw):  # (n, T) log-probs at the sampling temperature, in float32
+        def logps_of(m, idx, **kw):  # (n, T) log-probs of the distribution that sampled, in float32
             with precision.autocast():
                 return token_logprobs(m, s.prompt_ids[idx], s.prompt_mask[idx], s.completion_ids[idx],
                                       s.completion_mask[idx], temperature=config.temperature,
-                                      chunk_size=config.logprob_chunk_size, **kw)
+                                      chunk_size=config.logprob_chunk_size, **cut, **kw)
 
-        # ---- algorithm: reference and old log-probs, only when they are needed
+        # ---- algorithm: reference and old log-probs, only when they are needed (the reference on the
+        # policy's kept set under top-k / top-p: both distributions over the tokens the sampler could draw)
         with torch.no_grad():
-            ref_logp = [logps_of(ref_model, idx)[0] for idx in micro] if ref_model is not None else None
+            ref_logp = [logps_of(ref_model, idx, kept_by=model)[0] for idx in micro] if ref_model is not None else None
             old_logp = [logps_of(model, idx)[0] for idx in micro] if config.num_iterations > 1 else None
         t_train = time.perf_counter()
         # the whole step's denominator on every rank: the ranks' losses add up to the full-batch loss
@@ -166,7 +170,7 @@ def main(config: GRPOConfig) -> dict:
                       "dapo": max(1.0, dist.all_sum(mask.sum().item()))}[config.loss_type]
 
         # ---- algorithm: num_iterations updates, each accumulated over micro-batches
-        mismatch_sum = 0.0
+        mismatch = {"sampler_logp_gap": 0.0, "sampler_kl": 0.0}
         for iteration in range(config.num_iterations):
             step_loss, stats_sum, entropy_sum = 0.0, {}, 0.0
             for j, idx in enumerate(micro):
@@ -176,16 +180,17 @@ def main(config: GRPOConfig) -> dict:
                     ref_logp[j] if ref_logp is not None else None, adv[idx], mask[idx],
                     epsilon=config.epsilon, epsilon_high=config.epsilon_high, beta=config.beta,
                     loss_type=config.loss_type, max_completion_length=config.max_completion_length,
-                    normalizer=normalizer, importance_sampling_level=config.importance_sampling_level)
+                    normalizer=normalizer, importance_sampling_level=config.importance_sampling_level,
+                    sampler_logp=s.sampler_logp[idx], tis_cap=config.tis_cap if config.sampler_correction == "tis" else None)
                 loss.backward()
                 step_loss += loss.item()
                 for k, v in stats.items():
                     stats_sum[k] = stats_sum.get(k, 0.0) + v * len(idx)
                 entropy_sum += (entropy.detach() * s.completion_mask[idx]).sum().item()
-                if iteration == 0:  # sampler vs trainer on the same weights: the two code paths' log-probs
-                    # (bfloat16 copies vs float32 master weights on a GPU, top-k / top-p renormalisation)
-                    gap = (s.sampler_logp[idx] - logp.detach()).abs() * s.completion_mask[idx]
-                    mismatch_sum += gap.sum().item()
+                if iteration == 0:  # sampler vs trainer on the same weights (bfloat16 copies vs float32
+                    # master weights on a GPU, two code paths): log-prob gap, k3 estimate of KL, ratio
+                    for k, v in sampler_mismatch(s.sampler_logp[idx], logp.detach(), s.completion_mask[idx]).items():
+                        mismatch[k] = max(mismatch.get(k, 1.0), v) if k.endswith("_max") else mismatch[k] + v
             dist.sum_gradients(model)  # the full batch's gradient on every rank (0 if untrained)
             grad_norm, stepped = clipped_step(model, optimizer, scheduler, dist.all_sum(step_loss),
                                               config.max_grad_norm, step + 1)
@@ -196,8 +201,9 @@ def main(config: GRPOConfig) -> dict:
         trained_tokens = s.completion_mask[trained].sum().item()
         sums = dist.sum_dicts({
             "loss": step_loss, "reward": rewards.sum().item(), "reward_std": rewards.view(-1, G).std(1).sum().item(),
-            "groups": len(batch), "trained": len(trained), "trained_tokens": trained_tokens,
-            "entropy": entropy_sum, "sampler_logp_gap": mismatch_sum, "completion_len": lengths.sum().item(),
+            "groups": len(groups.prompts), "trained": len(trained), "trained_tokens": trained_tokens,
+            "entropy": entropy_sum, "sampler_logp_gap": mismatch["sampler_logp_gap"],
+            "sampler_kl": mismatch["sampler_kl"], "completion_len": lengths.sum().item(),
             "truncated": s.truncated.sum().item(), **{f"reward/{k}": sum(v) for k, v in per_reward.items()},
             **{f"stat/{k}": v for k, v in stats_sum.items()},
             **{f"reward_events/{k}": v for k, v in events.take().items()}})
@@ -208,6 +214,10 @@ def main(config: GRPOConfig) -> dict:
                   **{k: v / N_all for k, v in sums.items() if k.startswith("reward/")},
                   **{k[5:]: v / sums["trained"] for k, v in sums.items() if k.startswith("stat/")},
                   "entropy": per_token("entropy"), "sampler_logp_gap": per_token("sampler_logp_gap"),
+                  "sampler_kl": per_token("sampler_kl"),
+                  "sampler_ratio_max": dist.all_max(mismatch.get("sampler_ratio_max", 1.0)),
+                  "signal_frac": rounds["signal_groups"] / (rounds["sampling_rounds"] * B),  # groups sampled with signal
+                  "sampling_rounds": rounds["sampling_rounds"], "dropped_groups": rounds["dropped_groups"],
                   "trained_frac": sums["trained"] / N_all,
                   "grad_norm": grad_norm.item(),
                   "completion_len": sums["completion_len"] / N_all,
@@ -223,7 +233,7 @@ def main(config: GRPOConfig) -> dict:
         if dist.is_main():
             append_jsonl(out / "metrics.jsonl", record)
             for i in range(0, min(config.log_samples * G, N), G):  # one completion of each of the first prompts
-                append_jsonl(out / "samples.jsonl", {"step": step + 1, "prompt": batch[i // G]["problem"],
+                append_jsonl(out / "samples.jsonl", {"step": step + 1, "prompt": groups.prompts[i // G]["problem"],
                                                      "completion": texts[i], "reward": total[i],
                                                      **{k: v[i] for k, v in per_reward.items()}})
         bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_len']:.0f}")
@@ -231,7 +241,9 @@ def main(config: GRPOConfig) -> dict:
         stop_after_bad_steps(bad_steps, step + 1, ckpt.latest_checkpoint(out))
         if (step + 1) % config.save_every == 0 or final:
             ckpt.save_training(out, step + 1, model, tokenizer, optimizer, scheduler,
-                               {"data_position": (step + 1) * config.prompts_per_step}, keep=config.keep_checkpoints)
+                               {"data_position": position,
+                                **({"curriculum": curriculum.state_dict()} if curriculum is not None else {})},
+                               keep=config.keep_checkpoints)
             if dist.is_main():
                 plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "GRPO")
         if out_of_time:

@@ -36,6 +36,10 @@ EQUAL = {  # name: (loop, config): each must end with the same weights on 1 and 
     "iterations": ("grpo", dict(num_iterations=2, lr_scheduler="cosine", warmup_ratio=0.5)),
     "skip_zero": ("grpo", EQUAL_SKIP),
     "batch_scale": ("grpo", dict(scale_rewards="batch")),
+    "dynamic": ("grpo", dict(EQUAL_SKIP, prompts_per_step=2, dynamic_sampling=True)),   # ranks keep unequal shares
+    "curriculum": ("grpo", dict(EQUAL_SKIP, curriculum="pass-rate", reward_weights="0,1",
+                                reward_funcs="accuracy,tests.toy_rewards:vowel_share_if_minus")),
+    "top_k_tis": ("grpo", dict(top_k=20, top_p=0.9, beta=0.04, sampler_correction="tis")),
     "sft": ("sft", dict(model="tiny")),
     "distill": ("distill", dict(teacher="tiny", student_from_teacher_layers="1")),
     # --fsdp (sharded weights, gradients, AdamW state; the one-process run is the plain loop)

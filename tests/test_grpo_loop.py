@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+import grpo.batch as grpo_batch
 import grpo.train as train
 from conftest import ROOT
 from common.config import ConfigError, parse_config
@@ -67,7 +68,7 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, monkeyp
     expected = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
 
     calls = {"n": 0}
-    real_sample = train.sample
+    real_sample = grpo_batch.sample   # the step's sampling (grpo/batch.py)
 
     def crash_on_third(*args, **kwargs):
         calls["n"] += 1
@@ -75,10 +76,10 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, monkeyp
             raise RuntimeError("power cut")
         return real_sample(*args, **kwargs)
 
-    monkeypatch.setattr(train, "sample", crash_on_third)
+    monkeypatch.setattr(grpo_batch, "sample", crash_on_third)
     with pytest.raises(RuntimeError, match="power cut"):
         train.main(tiny_config(tmp_path / "cut", **kw))
-    monkeypatch.setattr(train, "sample", real_sample)
+    monkeypatch.setattr(grpo_batch, "sample", real_sample)
     torch.manual_seed(12345)  # a different global RNG state: the checkpoint must restore it
     train.main(tiny_config(tmp_path / "other", resume=str(tmp_path / "cut"), **kw))
     got = [json.loads(l) for l in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
