@@ -7,8 +7,9 @@ when every completion passes or every one fails, so the chance that it carries s
     informative(p) = 1 - p^G - (1 - p)^G
 
 0 at p = 0 and p = 1, largest at p = 1/2 (1 - 2^(1-G): 0.99 for G = 8). Each prompt's p is
-estimated from its own groups with a Beta prior shared by the prompts of its kind (the `level` of
-the built-in task, else the `source` column, else one kind for all):
+estimated from its own groups with a Beta prior shared by the prompts of its kind (the `source`
+column, which a mix such as arithmetic:3+3x4 sets to its part, else the built-in task's `level`, else
+one kind for all):
 
     p_i = (passes_i + K * m_kind) / (trials_i + K),   m_kind = (passes_kind + 1) / (trials_kind + 2)
 
@@ -32,7 +33,7 @@ UNIFORM = 0.1   # share of the draw that ignores the estimates
 
 
 def kind_of(row: dict) -> str:
-    return str(row.get("level", row.get("source", "")))
+    return str(row.get("source", row.get("level", "")))
 
 
 class PassRateCurriculum:

@@ -52,7 +52,8 @@ def arithmetic_problems(spec: str, split: str, limit: int | None, seed: int) -> 
         return None if arithmetic is None else arithmetic_rows(split, limit or 1000, seed=seed, **arithmetic)
     parts = spec.split(":", 1)[1].split("+")
     n = limit or 1000
-    each = [arithmetic_problems(f"arithmetic:{part}", split, -(-n // len(parts)), seed) for part in parts]
+    each = [[{**row, "source": f"arithmetic:{part}"}  # which part: the curriculum's prior is per source
+             for row in arithmetic_problems(f"arithmetic:{part}", split, -(-n // len(parts)), seed)] for part in parts]
     return [row for turn in zip(*each) for row in turn][:n]
 
 
