@@ -9,6 +9,8 @@
                         sample new prompts in their place, until the step holds B groups with
                         signal or a cap of extra rounds is reached; then it trains on what it has
     round_stats         the same counts for a step without dynamic sampling
+    sample_step         the step's groups, as the loop asks for them: uniform prompts or the
+                        curriculum's (grpo/curriculum.py), one round or dynamic sampling
 
 Under torchrun each rank samples its contiguous share of every round's prompts; how many groups
 with signal the ranks found is summed, so every rank stops after the same round, and the first B of
@@ -19,6 +21,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from common import dist
+from grpo.curriculum import pass_counts
 from lm import sample
 from lm.chat import encode_prompt
 from lm.draw import prompt_keys
@@ -124,3 +127,26 @@ def round_stats(groups: Groups, G: int) -> dict:
     """The stats of `fill_with_signal` for a step of one round that keeps every group."""
     return {"sampling_rounds": 1, "signal_groups": int(dist.all_sum(groups.signal(G).sum().item())),
             "dropped_groups": 0}
+
+
+def sample_step(policy, tokenizer, rows: list[dict], curriculum, position: int, step: int, mine: range, specs,
+                config) -> tuple[Groups, dict]:
+    """This rank's groups for the step and the round counts. Round r uses the B prompt slots from
+    position + r * B on (this rank takes `mine` of them): the stream's prompts at those positions, or
+    the curriculum's draw for them, which then learns from every group sampled (kept or dropped)."""
+    B, G = config.prompts_per_step, config.group_size
+
+    def sample_round(r: int) -> Groups:
+        first = position + r * B
+        prompts = (curriculum.draw(first, B)[mine.start:mine.stop] if curriculum is not None
+                   else prompt_rows(rows, config.seed, first + mine.start, len(mine)))
+        groups = sample_groups(policy, tokenizer, prompts, range(first + mine.start, first + mine.stop), step, specs,
+                               config, cuda_graphs=False if config.fsdp else None)
+        if curriculum is not None:
+            curriculum.update(pass_counts(groups.prompts, groups.per_reward["accuracy"], G))
+        return groups
+
+    if config.dynamic_sampling:
+        return fill_with_signal(sample_round, B, config.max_sampling_rounds, G, tokenizer.pad_token_id)
+    groups = sample_round(0)
+    return groups, round_stats(groups, G)

@@ -3,6 +3,7 @@
 One step (DESIGN.md's data flow):
     B prompts -> G completions each (KV-cache sampler)            -> ids, mask (N, T), truncated (N,)
     decode, score with each reward, weighted sum                  -> rewards (N,)
+      (--dynamic-sampling: groups with equal rewards dropped and refilled; --curriculum: which prompts)
     group-normalised advantages                                   -> adv (N,)
     old log-probs (only if num_iterations > 1), ref log-probs (only if beta > 0)
     for each of num_iterations updates: for each micro-batch:
@@ -12,8 +13,9 @@ One step (DESIGN.md's data flow):
     metrics line, a few decoded samples, checkpoint every k steps, eval every k steps
 
 Deliberate choices:
-- Training log-probs are taken at the sampling temperature, so the trained distribution is the one
-  that sampled.
+- Training log-probs are taken at the sampling temperature and under its top-k / top-p truncation,
+  so the trained distribution is the one that sampled. The sampler's own log-probs give the
+  mismatch that remains (logged every step) and, with --sampler-correction tis, its correction.
 - Sampling randomness is keyed by (seed, step, global prompt index) (lm/draw.py): a resumed run draws
   what the uninterrupted one drew, with no generator state to save.
 - With one update per batch, old_logp is the detached current logp (ratio 1, no clipping): no
@@ -39,9 +41,9 @@ from common.optim import clipped_step, make_optimizer, make_scheduler, stop_afte
 from common.runlog import append_jsonl, open_run, plot_metrics
 from evaluation import eval_metrics
 from grpo.advantages import group_advantages
-from grpo.batch import Groups, fill_with_signal, prompt_rows, round_stats, sample_groups
+from grpo.batch import sample_step
 from grpo.config import GRPOConfig  # noqa: F401  (run.py finds it here)
-from grpo.curriculum import PassRateCurriculum, pass_counts
+from grpo.curriculum import PassRateCurriculum
 from grpo.loss import grpo_loss, sampler_mismatch
 from lm import checkpoint as ckpt
 from lm import load_model, sharding, token_logprobs
@@ -110,25 +112,9 @@ def main(config: GRPOConfig) -> dict:
         # sampling, groups without signal are replaced by new prompts' groups
         G, B = config.group_size, config.prompts_per_step
         model.eval()
-        with precision.autocast():
-            policy = sharding.gathered(model)  # under --fsdp a full copy for the whole sampling phase
-
-            def sample_round(r: int) -> Groups:  # this rank's share of the next B prompt slots
-                first = position + r * B                                          # the round's first slot
-                prompts = (curriculum.draw(first, B)[mine.start:mine.stop] if curriculum is not None
-                           else prompt_rows(rows, config.seed, first + mine.start, len(mine)))
-                groups = sample_groups(policy, tokenizer, prompts, range(first + mine.start, first + mine.stop),
-                                       step, specs, config, cuda_graphs=False if config.fsdp else None)
-                if curriculum is not None:
-                    curriculum.update(pass_counts(groups.prompts, groups.per_reward["accuracy"], G))
-                return groups
-
-            if config.dynamic_sampling:
-                groups, rounds = fill_with_signal(sample_round, B, config.max_sampling_rounds, G, tokenizer.pad_token_id)
-            else:
-                groups = sample_round(0)
-                rounds = round_stats(groups, G)
-            policy = None  # under --fsdp the copy's memory goes back before training
+        with precision.autocast():  # under --fsdp, sampling runs on a full copy gathered once for the step
+            groups, rounds = sample_step(sharding.gathered(model), tokenizer, rows, curriculum, position, step,
+                                         mine, specs, config)
         position += rounds["sampling_rounds"] * B
         model.train()
         t_sample = time.perf_counter() - t0
