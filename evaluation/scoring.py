@@ -5,6 +5,8 @@ scored with EVAL_REWARDS. The summary gives accuracy with a 95% Wilson interval 
 format rate, reasoning-steps score, language consistency, mean completion length in tokens, the
 share truncated at the budget, and pass@k for k = 1..samples_per_problem (evaluation/stats.py).
 """
+import dataclasses
+import functools
 import time
 
 from tqdm import tqdm
@@ -14,9 +16,18 @@ from evaluation.stats import pass_at_k, per_problem_accuracy, wilson
 from lm import sample, sharding
 from lm.chat import encode_prompt
 from lm.draw import prompt_keys
-from rewards import build_rewards, score
+from rewards import accuracy_reward, build_rewards, score
 
 EVAL_REWARDS = ["accuracy", "format", "reasoning_steps", "language_consistency"]
+
+
+def eval_rewards(answer_format: str = "r1") -> list:
+    """EVAL_REWARDS, the accuracy reading answers in `answer_format` (rewards/verify.py: "r1" the
+    <answer> tag, else the last \\boxed{}; "boxed"; "auto" adds a final "the answer is N")."""
+    specs = build_rewards(EVAL_REWARDS)
+    accuracy = functools.partial(accuracy_reward, answer_format=answer_format)
+    return [dataclasses.replace(s, fn=accuracy) if s.name == "accuracy" and answer_format != "r1" else s
+            for s in specs]
 
 
 def generate_and_score(model, tokenizer, rows: list[dict], specs, *, samples_per_problem: int = 1,
@@ -59,10 +70,10 @@ def generate_and_score(model, tokenizer, rows: list[dict], specs, *, samples_per
 
 def evaluate(model, tokenizer, rows: list[dict], *, samples_per_problem: int = 1, temperature: float = 0.0,
              top_p: float = 1.0, max_new_tokens: int = 256, batch_size: int = 32, seed: int = 0,
-             progress: bool = True) -> tuple[dict, list[dict]]:
+             progress: bool = True, answer_format: str = "r1") -> tuple[dict, list[dict]]:
     """(metrics, sample records) for one model on `rows` (each with `problem` and `solution`)."""
     start = time.perf_counter()
-    records = generate_and_score(model, tokenizer, rows, build_rewards(EVAL_REWARDS),
+    records = generate_and_score(model, tokenizer, rows, eval_rewards(answer_format),
                                  samples_per_problem=samples_per_problem, temperature=temperature, top_p=top_p,
                                  max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
                                  progress=progress, desc="eval")

@@ -20,6 +20,7 @@ from common.config import arg
 from common.runlog import append_jsonl
 from evaluation import evaluate, paired, per_problem_accuracy
 from lm import load_model
+from rewards.verify import ANSWER_FORMATS
 from tasks import load_math
 
 
@@ -34,10 +35,17 @@ class EvalConfig:
     top_p: float = arg(1.0, "nucleus sampling threshold")
     max_new_tokens: int = arg(256, "token budget per completion")
     batch_size: int = arg(32, "prompts per sampling batch")
+    answer_format: str = arg("r1", "where the answer is read: r1 (the <answer> tag, else the last \\boxed{}), boxed "
+                             "(the last \\boxed{}), or auto (tag, else boxed, else a final 'the answer is N'): "
+                             "for models not trained on the tags")
     output_dir: str = arg("runs/eval", "where report.json and samples.jsonl go")
     seed: int = arg(0, "seed for the dataset and sampling")
     dtype: str = arg("auto", "auto (bfloat16 on a GPU, float32 on a CPU), float32, bfloat16, float16")
     device: str = arg("auto", "auto, cpu, cuda")
+
+    def __post_init__(self):
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"--answer-format {self.answer_format!r}: choose one of {', '.join(ANSWER_FORMATS)}")
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -71,7 +79,7 @@ def main(config: EvalConfig) -> dict:
         metrics, records = evaluate(model, tokenizer, rows, samples_per_problem=config.samples_per_problem,
                                     temperature=config.temperature, top_p=config.top_p,
                                     max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                                    seed=config.seed)
+                                    seed=config.seed, answer_format=config.answer_format)
         results[name] = metrics
         if first_accuracy is None:
             first_accuracy = per_problem_accuracy(records)

@@ -8,13 +8,13 @@ from rewards.verify import default_verifier, extract_answer, is_unevaluated
 UNVERIFIABLE = 0.5  # accuracy of a completion whose gold solution is missing or cannot be parsed
 
 
-def correctness(completions: list, solution: list, reward: str = "accuracy") -> list[float]:
+def correctness(completions: list, solution: list, reward: str = "accuracy", answer_format: str = "r1") -> list[float]:
     """1.0 correct, 0.0 wrong or no answer, UNVERIFIABLE (0.5) when the gold solution is missing or
     cannot be parsed, for every completion of that item, answered or not (a group with no signal).
     A completion with no answer is checked as the answer "" so that its gold is still parsed."""
     texts = [as_text(c, reward) for c in completions]
     golds = column({"solution": solution}, "solution", len(texts))
-    answers = [extract_answer(t) for t in texts]
+    answers = [extract_answer(t, answer_format) for t in texts]
     for i, a in enumerate(answers):
         if a and is_unevaluated(a):
             answers[i] = None  # arithmetic left undone is no answer
@@ -33,7 +33,8 @@ def correctness(completions: list, solution: list, reward: str = "accuracy") -> 
     return out
 
 
-def accuracy_reward(completions: list, solution: list | None = None, **columns) -> list[float]:
+def accuracy_reward(completions: list, solution: list | None = None, answer_format: str = "r1",
+                    **columns) -> list[float]:
     """1.0 if the completion's answer equals the gold solution, else 0.0.
 
     The answer is the content of the last <answer>...</answer> (no tag: the last \\boxed{}; neither:
@@ -45,8 +46,9 @@ def accuracy_reward(completions: list, solution: list | None = None, **columns) 
     `\\boxed{14}`, `\\frac{1}{2}` vs 0.5) and compared with `verify`. A gold solution that cannot be
     parsed gives 0.5 (the tutorial's neutral value) to every completion, answered or not, and is counted as `accuracy/gold_unparsable`; a
     verification that runs out of its time limit gives 0.0 and is counted as `accuracy/timeout`.
+    `answer_format` "boxed" or "auto" reads answers of models not trained on the tags (evaluation).
     """
-    return correctness(completions, solution)
+    return correctness(completions, solution, answer_format=answer_format)
 
 
 def get_cosine_scaled_reward(min_value_wrong: float = -0.5, max_value_wrong: float = -0.1,

@@ -10,7 +10,10 @@ remaining items. A crash of the worker is handled the same way ("error"). Result
 The answer contract: an answer is read only outside the reasoning. Closed `<think>...</think>`
 blocks, an unclosed `<think>` to the end of the text (a completion cut off mid-reasoning), and
 everything before a `</think>` that was never opened (a prompt that ends with `<think>`) are
-reasoning; the answer is the last `<answer>...</answer>` in what is left, else its last `\\boxed{}`.
+reasoning; the answer is the last `<answer>...</answer>` in what is left, else its last `\\boxed{}`
+(`answer_format="r1"`, the training contract). For scoring models not trained on the tags,
+`"boxed"` reads only the last `\\boxed{}`, and `"auto"` the tag, else the last `\\boxed{}`, else a
+final "the answer is N" (evaluation's `--answer-format`).
 """
 import atexit
 import os
@@ -26,6 +29,9 @@ from pathlib import Path
 WORKER = Path(__file__).with_name("verify_worker.py")
 ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 THINK_BLOCK = re.compile(r"<think>.*?</think>", re.S)
+ANSWER_FORMATS = ("r1", "boxed", "auto")
+# "The answer is 42.", "final answer: $\\frac{1}{2}$": what follows, up to the end of its line
+ANSWER_PHRASE = re.compile(r"answer\s*(?:is|:)\s*:?\s*(.+)", re.I)
 STATUSES = ("correct", "wrong", "gold_unparsable", "timeout", "error")
 # Two plain numbers joined by +, -, * (or \times, \cdot, x-sign): arithmetic left undone. A number is
 # plain when no letter, brace, caret or dot touches it, so x^2+3x, \frac{1}{2}+1, 3+2i and
@@ -41,14 +47,23 @@ def outside_reasoning(text: str) -> str:
     return text.split("<think>", 1)[0]  # an unclosed block runs to the end
 
 
-def extract_answer(text: str) -> str | None:
-    """Outside the reasoning: the last <answer>...</answer>'s content; without a tag, the last
-    \\boxed{...}; else None."""
+def extract_answer(text: str, answer_format: str = "r1") -> str | None:
+    """Outside the reasoning, by `answer_format` (see the module docstring): "r1" the last
+    <answer>...</answer>'s content, without a tag the last \\boxed{...}; "boxed" the last \\boxed{...};
+    "auto" as "r1", then the last "the answer is ..." phrase; else None."""
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer format {answer_format!r}: choose one of {', '.join(ANSWER_FORMATS)}")
     text = outside_reasoning(text)
-    tags = ANSWER_TAG.findall(text)
+    tags = ANSWER_TAG.findall(text) if answer_format != "boxed" else []
     if tags:
         return tags[-1].strip()
-    return last_boxed(text)
+    boxed = last_boxed(text)
+    if boxed is not None or answer_format != "auto":
+        return boxed
+    phrases = ANSWER_PHRASE.findall(text)
+    if not phrases:
+        return None
+    return phrases[-1].strip().rstrip(".!").strip("$ *").strip() or None
 
 
 def is_unevaluated(answer: str) -> bool:

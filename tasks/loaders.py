@@ -6,10 +6,16 @@ Specs:
     arithmetic:3x4        level 3's problems with 4 operands (any level or range, then xK)
     arithmetic:3+3x4      a mix: the parts' problems in turn (here level 3, then 3x4, then level 3...)
     path/to/file.jsonl    a local .jsonl, .json or .parquet file
-    owner/name            a Hugging Face hub dataset (needs the hub)
+    owner/name            a Hugging Face hub dataset (needs the hub); owner/name:config for one of
+                          its configurations (openai/gsm8k:main, HuggingFaceH4/MATH-500)
 
-`load_math` returns rows with `problem` and `solution` (NuminaMath-TIR's columns, as GRPO, eval and
-sampling read them). `load_conversations` returns rows with `messages` (system, user, assistant), as
+`load_math` returns rows with `problem` and `solution` (the gold answer; NuminaMath-TIR's columns, as
+GRPO, eval and sampling read them), from any of the math sets' layouts (`math_row`):
+    NuminaMath-TIR   problem, solution (a worked solution ending in \\boxed{...})
+    GSM8K            question, answer (worked, ending in "#### 42")   -> problem, solution "42"
+    MATH-500         problem, solution, answer                         -> the answer column is the gold
+    AIME-style       problem, answer (a number)                        -> solution "N"
+Their other columns are kept. `load_conversations` returns rows with `messages` (system, user, assistant), as
 SFT and distillation read them, from Bespoke-Stratos `conversations`, chat `messages`,
 `prompt`/`completion` pairs, or the built-in task's worked solutions.
 A missing or empty column fails at load time with one line naming the file, the row and the column.
@@ -77,11 +83,12 @@ def read_rows(spec: str, split: str = "train") -> list[dict]:
             return data if isinstance(data, list) else data.get(split, data.get("data", []))
         import pandas as pd
         return pd.read_parquet(path).to_dict("records")
-    if spec.count("/") != 1 or spec.startswith((".", "/")):
+    name, _, subset = spec.partition(":")  # openai/gsm8k:main names the hub dataset's configuration
+    if name.count("/") != 1 or name.startswith((".", "/")):
         raise DataError(f"dataset {spec!r}: not a .jsonl/.json/.parquet file, 'arithmetic', or a hub id")
     from datasets import load_dataset
     try:
-        return list(load_dataset(spec, split=split))
+        return list(load_dataset(name, subset or None, split=split))
     except Exception as e:  # offline, unknown id, unknown split: one line, the cause named
         raise DataError(f"dataset {spec!r} (split {split}) could not be loaded: "
                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
@@ -97,12 +104,29 @@ def require(rows: list[dict], columns: tuple[str, ...], source: str) -> None:
                 raise DataError(f"{source} row {i}: column {column!r} is missing or empty")
 
 
+def math_row(row: dict, index: int, source: str) -> dict:
+    """One row of any supported math layout (module docstring) with `problem` and `solution` set from
+    the right columns: GSM8K's number after "####", the `answer` column where there is one."""
+    if not isinstance(row, dict):
+        raise DataError(f"{source} row {index}: not a JSON object")
+    if "problem" not in row and "question" in row:  # GSM8K
+        answer = str(row.get("answer") or "")
+        if "####" not in answer:
+            raise DataError(f"{source} row {index}: GSM8K-style row without '#### <answer>' in its 'answer' column")
+        return {**row, "problem": row["question"], "solution": answer.split("####")[-1].strip().replace(",", "")}
+    if row.get("answer") not in (None, ""):  # MATH-500, AIME: the answer column is the gold
+        answer = str(row["answer"]).strip()
+        latex = "\\" in answer and "\\boxed" not in answer  # math-verify reads bare LaTeX in a box
+        return {**row, "solution": f"\\boxed{{{answer}}}" if latex else answer}
+    return row
+
+
 def load_math(spec: str, split: str = "train", limit: int | None = None, seed: int = 0) -> list[dict]:
     """Rows with `problem` and `solution` (the gold answer in `\\boxed{}` or plain)."""
     arithmetic = arithmetic_problems(spec, split, limit, seed)
     if arithmetic is not None:
         return arithmetic
-    rows = read_rows(spec, split)[:limit]
+    rows = [math_row(row, i, spec) for i, row in enumerate(read_rows(spec, split)[:limit])]
     require(rows, ("problem", "solution"), spec)
     return rows
 

@@ -42,3 +42,19 @@ def test_fsdp_outside_torchrun_is_a_one_line_error(tmp_path):
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == \
         "error: run.py sft: --fsdp shards a model over several processes: launch with torchrun", out.stderr
+
+
+def test_eval_reads_a_gsm8k_file_with_any_answer_format(tmp_path):
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"})
+                            + "\n" for i in range(3)))
+    out = run("eval", "--model", "tiny", "--dataset", str(data), "--num-problems", "3", "--max-new-tokens", "4",
+              "--answer-format", "auto", "--output-dir", str(tmp_path / "eval"))
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())["models"]["tiny"]
+    assert report["problems"] == 3 and 0 <= report["accuracy"] <= 1
+    samples = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert [s["solution"] for s in samples] == ["1", "2", "3"]
+    bad = run("eval", "--model", "tiny", "--answer-format", "latex")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == \
+        "error: run.py eval: --answer-format 'latex': choose one of r1, boxed, auto", bad.stderr

@@ -223,3 +223,18 @@ def test_weighted_sum_and_a_raising_function_scores_zero():
     # first: 1 * 1.0 + 0.5 * 1.0 + 2 * 1.0 = 3.5; second: 0 + 0.5 * 0 + 2 * 0 (raised) = 0
     assert total == [3.5, 0.0]
     assert per["flaky"] == [1.0, 0.0] and events.take() == {"flaky/failed": 1}
+
+
+def test_answer_formats_for_models_not_trained_on_the_tags():
+    from rewards.verify import extract_answer
+    cases = {  # text: (r1, boxed, auto)
+        "<think>x</think><answer>3</answer> and \\boxed{4}": ("3", "4", "3"),
+        "so it is \\boxed{7}.": ("7", "7", "7"),
+        "Adding up, the answer is 42.": (None, None, "42"),
+        "Final answer: $\\frac{1}{2}$": (None, None, "\\frac{1}{2}"),
+        "<think>the answer is 5</think> I give up": (None, None, None),   # never from the reasoning
+    }
+    for text, expected in cases.items():
+        assert tuple(extract_answer(text, f) for f in ("r1", "boxed", "auto")) == expected, text
+    assert accuracy_reward(["Adding up, the answer is 42."], solution=["42"], answer_format="auto") == [1.0]
+    assert accuracy_reward(["Adding up, the answer is 42."], solution=["42"]) == [0.0]   # training: strict

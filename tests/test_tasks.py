@@ -114,3 +114,25 @@ def test_conversation_layouts(tmp_path):
     path.write_text(json.dumps([{"prompt": "Q", "completion": ""}]))
     with pytest.raises(DataError, match="row 0"):
         load_conversations(str(path))
+
+
+def test_the_standard_math_sets_take_their_gold_from_the_right_column(tmp_path):
+    from rewards import accuracy_reward
+    gsm8k = tmp_path / "gsm8k.jsonl"
+    gsm8k.write_text(json.dumps({"question": "Tom has 3 apples and buys 1,204 more. How many?",
+                                 "answer": "3 + 1204 = <<3+1204=1207>>1207\n#### 1,207"}) + "\n")
+    math500 = tmp_path / "math500.jsonl"
+    math500.write_text(json.dumps({"problem": "Simplify 14/3.", "solution": "It is \\boxed{\\frac{14}{3}}, done.",
+                                   "answer": "\\frac{14}{3}", "level": 2}) + "\n")
+    aime = tmp_path / "aime.json"
+    aime.write_text(json.dumps([{"problem": "Find N.", "answer": 204}]))
+    rows = [load_math(str(p))[0] for p in (gsm8k, math500, aime)]
+    assert [r["solution"] for r in rows] == ["1207", "\\boxed{\\frac{14}{3}}", "204"]
+    assert rows[0]["problem"].startswith("Tom has") and rows[1]["level"] == 2   # other columns kept
+    right = ["<think>add</think><answer>1207</answer>", "<think>x</think><answer>14/3</answer>",
+             "<think>y</think><answer>204</answer>"]
+    assert accuracy_reward(right, solution=[r["solution"] for r in rows]) == [1.0, 1.0, 1.0]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q", "answer": "no marker"}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl row 0: GSM8K-style row without '#### <answer>'"):
+        load_math(str(bad))
