@@ -233,3 +233,23 @@ def forward_decode(model, cache, prompt_mask, positions, first, first_logp, keys
         logp[running, t] = token_logp.masked_fill(finished, 0.0)
         finished |= token == eos_id
     return ids, logp
+
+
+@torch.no_grad()
+def stream(model, prompt: list[int], *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+           top_k: int = 0, eos_token_id: int, key: int = 0):
+    """Yield the token ids of one completion as they are drawn (a chat that prints as it goes), through
+    the model's forward with a KV cache; stops after EOS (not yielded) or `max_new_tokens`. The draw is
+    `sample`'s (the same filter and keyed random numbers: the same tokens for the same key)."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt], device=device)
+    cache = DynamicCache(config=model.config)
+    keys = row_keys(torch.tensor([key], dtype=torch.int64, device=device), 1)
+    positions = torch.arange(len(prompt), device=device)[None]                    # (1, P), then (1, 1)
+    for t in range(max_new_tokens):
+        logits = last_logits(model, input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True)
+        token = drawing.draw(logits, keys, t, temperature, top_k, top_p)[0]      # (1,)
+        if token.item() == eos_token_id:
+            return
+        yield token.item()
+        ids, positions = token.view(1, 1), positions[:, -1:] + 1
