@@ -25,6 +25,7 @@ from common import dist
 from common.config import arg
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps
 from common.runlog import append_jsonl, open_run, plot_metrics
+from common.trackers import start as start_trackers
 from distill.loss import KINDS, distillation_loss
 from evaluation import eval_metrics
 from lm import checkpoint as ckpt
@@ -141,6 +142,7 @@ def main(config: DistillConfig) -> dict:
     start_step = ckpt.restore_training(resume_from, student, optimizer, scheduler)["step"] if resume_from else 0
     if dist.is_main():
         open_run(out, config, start_step if resume_from else None)
+    trackers = start_trackers(config.report_to if dist.is_main() else "none", out, config)  # --report-to
     eval_rows = load_math(config.eval_dataset, "test", config.eval_problems) if config.eval_every >= 0 else []
 
     def run_eval():
@@ -149,7 +151,9 @@ def main(config: DistillConfig) -> dict:
 
     if eval_rows and start_step == 0:
         first_eval = run_eval()
-        dist.is_main() and append_jsonl(out / "metrics.jsonl", {"step": 0, **first_eval})
+        if dist.is_main():
+            append_jsonl(out / "metrics.jsonl", {"step": 0, **first_eval})
+            trackers.log({"step": 0, **first_eval})
     student.train()
     device, accum, last, bad_steps = student.device, config.gradient_accumulation_steps, {}, 0
     bar = tqdm(range(start_step, config.max_steps), desc="distill", unit="step", initial=start_step,
@@ -189,6 +193,7 @@ def main(config: DistillConfig) -> dict:
             record.update(run_eval())
         if dist.is_main():
             append_jsonl(out / "metrics.jsonl", record)
+            trackers.log(record)
         bar.set_postfix(loss=f"{totals['loss']:.3f}", kd=f"{totals['kd']:.3f}")
         last = record
         stop_after_bad_steps(bad_steps, step + 1, ckpt.latest_checkpoint(out))
@@ -197,4 +202,5 @@ def main(config: DistillConfig) -> dict:
                                {"data_position": (step + 1) * accum}, keep=config.keep_checkpoints)
             if dist.is_main():
                 plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "distillation")
+    trackers.close()
     return last

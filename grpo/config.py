@@ -5,6 +5,7 @@ from common.config import arg
 from lm.precision import CHOICES as DTYPES
 from lm.precision import HELP as PRECISION_HELP
 from common.optim import SCHEDULES
+from common.trackers import parse_report_to
 from grpo.advantages import SCALES
 from grpo.loss import LOSS_TYPES
 from rewards import parse_names_and_weights
@@ -59,6 +60,8 @@ class GRPOConfig:
     max_minutes: float = arg(0.0, "stop (with a checkpoint) after the step that passes this wall-clock budget; 0: none")
     micro_batch_size: int = arg(8, "sequences per forward/backward (gradient accumulation)")
     gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass to save memory")
+    report_to: str = arg("none", "experiment trackers besides metrics.jsonl: none, tensorboard, wandb, trackio "
+                         "(comma-separated for several; common/trackers.py)")
     fsdp: bool = arg(False, "shard weights, gradients and AdamW state over the torchrun processes (FSDP2)")
     logprob_chunk_size: int = arg(1024, "token positions per chunk of the output layer")
     # plumbing
@@ -111,3 +114,4 @@ class GRPOConfig:
         if self.resume and self.overwrite:
             raise ValueError("--resume continues a run and --overwrite removes one: choose one")
         parse_names_and_weights(self.reward_funcs, self.reward_weights)
+        parse_report_to(self.report_to)

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from common import dist
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps
 from common.runlog import append_jsonl, open_run, plot_metrics
+from common.trackers import start as start_trackers
 from evaluation import eval_metrics
 from grpo.advantages import group_advantages
 from grpo.batch import sample_step
@@ -95,6 +96,7 @@ def main(config: GRPOConfig) -> dict:
         print(f"resumed from {resume_from} at step {start_step}")
     if dist.is_main():
         open_run(out, config, start_step if resume_from else None, logs=LOGS)
+    trackers = start_trackers(config.report_to if dist.is_main() else "none", out, config)  # --report-to
 
     def run_eval():
         with precision.autocast():
@@ -103,6 +105,7 @@ def main(config: GRPOConfig) -> dict:
     first_eval = run_eval() if eval_rows and start_step == 0 else {}
     if first_eval and dist.is_main():
         append_jsonl(out / "metrics.jsonl", {"step": 0, **first_eval})
+        trackers.log({"step": 0, **first_eval})
     bad_steps, last, started = 0, {}, time.perf_counter()
     bar = tqdm(range(start_step, config.max_steps), desc="grpo", unit="step",
                initial=start_step, total=config.max_steps, disable=not dist.is_main())
@@ -218,10 +221,13 @@ def main(config: GRPOConfig) -> dict:
             record.update(run_eval())
         if dist.is_main():
             append_jsonl(out / "metrics.jsonl", record)
-            for i in range(0, min(config.log_samples * G, N), G):  # one completion of each of the first prompts
-                append_jsonl(out / "samples.jsonl", {"step": step + 1, "prompt": groups.prompts[i // G]["problem"],
-                                                     "completion": texts[i], "reward": total[i],
-                                                     **{k: v[i] for k, v in per_reward.items()}})
+            shown = [{"step": step + 1, "prompt": groups.prompts[i // G]["problem"], "completion": texts[i],
+                      "reward": total[i], **{k: v[i] for k, v in per_reward.items()}}
+                     for i in range(0, min(config.log_samples * G, N), G)]  # one completion of each of the first prompts
+            for row in shown:
+                append_jsonl(out / "samples.jsonl", row)
+            trackers.log(record)
+            trackers.samples(step + 1, shown)
         bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_len']:.0f}")
         last = record
         stop_after_bad_steps(bad_steps, step + 1, ckpt.latest_checkpoint(out))
@@ -235,6 +241,7 @@ def main(config: GRPOConfig) -> dict:
         if out_of_time:
             tqdm.write(f"stopping after step {step + 1}: --max-minutes {config.max_minutes} reached")
             break
+    trackers.close()
     if first_eval and dist.is_main():
         print(f"held-out accuracy {first_eval['eval/accuracy']:.3f} -> {last.get('eval/accuracy', float('nan')):.3f}, "
               f"format {first_eval['eval/format_rate']:.3f} -> {last.get('eval/format_rate', float('nan')):.3f}")

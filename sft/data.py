@@ -10,6 +10,7 @@ from common.config import arg
 from lm.precision import CHOICES as DTYPES
 from lm.precision import HELP as PRECISION_HELP
 from common.optim import SCHEDULES
+from common.trackers import parse_report_to
 
 from sft.packing import Batch, TokenizeReport, collate_padded, collate_rows, pack, tokenize
 from tasks import DataError, load_conversations
@@ -32,6 +33,8 @@ class PackedTrainingFlags:
     lr_scheduler: str = arg("cosine", "constant, linear or cosine decay after warmup")
     max_grad_norm: float = arg(1.0, "clip the gradient norm to this (0: no clipping)")
     max_steps: int = arg(0, "optimizer steps")
+    report_to: str = arg("none", "experiment trackers besides metrics.jsonl: none, tensorboard, wandb, trackio "
+                         "(comma-separated for several; common/trackers.py)")
     fsdp: bool = arg(False, "shard weights, gradients and AdamW state over the torchrun processes (FSDP2)")
     dtype: str = arg("auto", PRECISION_HELP)
     device: str = arg("auto", "auto, cpu, cuda")
@@ -54,6 +57,7 @@ class PackedTrainingFlags:
             raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
         if self.resume and self.overwrite:
             raise ValueError("--resume continues a run and --overwrite removes one: choose one")
+        parse_report_to(self.report_to)
         if min(self.batch_size, self.gradient_accumulation_steps, self.max_length, self.save_every) < 1:
             raise ValueError("--batch-size, --gradient-accumulation-steps, --max-length and --save-every must be >= 1")
 

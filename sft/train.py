@@ -19,6 +19,7 @@ from common import dist
 from common.config import arg
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps
 from common.runlog import append_jsonl, open_run, plot_metrics
+from common.trackers import start as start_trackers
 from evaluation import eval_metrics
 from lm import checkpoint as ckpt
 from lm import load_model, sharding
@@ -70,6 +71,7 @@ def main(config: SFTConfig) -> dict:
     start_step = ckpt.restore_training(resume_from, model, optimizer, scheduler)["step"] if resume_from else 0
     if dist.is_main():
         open_run(out, config, start_step if resume_from else None)
+    trackers = start_trackers(config.report_to if dist.is_main() else "none", out, config)  # --report-to
     eval_rows = load_math(config.eval_dataset, "test", config.eval_problems) if config.eval_every >= 0 else []
 
     def run_eval():
@@ -80,6 +82,7 @@ def main(config: SFTConfig) -> dict:
     if first_eval and dist.is_main():
         append_jsonl(out / "metrics.jsonl", {"step": 0, **first_eval,
                                              "examples_truncated": report.truncated, "examples_dropped": report.dropped})
+        trackers.log({"step": 0, **first_eval})
     model.train()
     position = start_step * config.gradient_accumulation_steps  # micro-batches consumed so far
     last, bad_steps = {}, 0
@@ -114,6 +117,7 @@ def main(config: SFTConfig) -> dict:
             record.update(run_eval())
         if dist.is_main():
             append_jsonl(out / "metrics.jsonl", record)
+            trackers.log(record)
         bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{record['tokens_per_second']:.0f}")
         last = record
         stop_after_bad_steps(bad_steps, step + 1, ckpt.latest_checkpoint(out))
@@ -122,6 +126,7 @@ def main(config: SFTConfig) -> dict:
                                keep=config.keep_checkpoints)
             if dist.is_main():
                 plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "SFT")
+    trackers.close()
     if first_eval and "eval/format_rate" in last and dist.is_main():
         print(f"held-out format rate {first_eval['eval/format_rate']:.3f} -> {last['eval/format_rate']:.3f}, "
               f"accuracy {first_eval['eval/accuracy']:.3f} -> {last['eval/accuracy']:.3f}")

@@ -90,3 +90,32 @@ def test_run_py_distill_trains_a_half_student(tmp_path):
     assert [m["step"] for m in metrics] == [1, 2] and all(m["kd"] >= 0 for m in metrics)
     student = AutoModelForCausalLM.from_pretrained(out / "checkpoint-2")
     assert student.config.num_hidden_layers == 2
+
+
+def test_report_to_tensorboard_writes_the_metrics_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import grpo.train
+    from grpo.config import GRPOConfig
+    last = grpo.train.main(GRPOConfig(model="tiny", group_size=4, prompts_per_step=2, max_completion_length=8,
+                                      max_steps=2, eval_every=-1, save_every=2, learning_rate=1e-3,
+                                      reward_funcs="tests.toy_rewards:vowel_share", report_to="tensorboard",
+                                      output_dir=str(tmp_path)))
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert {"reward", "loss", "grad_norm", "signal_frac"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("reward")] == [1, 2]
+    assert events.Scalars("reward")[-1].value == pytest.approx(last["reward"], rel=1e-6)
+    assert "config/text_summary" in events.Tags()["tensors"] and "samples/text_summary" in events.Tags()["tensors"]
+
+
+def test_report_to_a_missing_tracker_is_a_one_line_error(tmp_path):
+    from common.config import ConfigError
+    from sft.train import SFTConfig, main
+    with pytest.raises(ValueError, match="--report-to 'mlflow': unknown mlflow"):
+        SFTConfig(model="tiny", report_to="mlflow")
+    try:
+        import wandb  # noqa: F401  (optional: not in requirements.txt)
+    except ImportError:
+        with pytest.raises(ConfigError, match="--report-to wandb needs the package wandb: pip install wandb"):
+            main(SFTConfig(model="tiny", report_to="wandb", max_steps=1, eval_every=-1, output_dir=str(tmp_path)))
