@@ -29,7 +29,7 @@ from common.trackers import start as start_trackers
 from distill.loss import KINDS, distillation_loss
 from evaluation import eval_metrics
 from lm import checkpoint as ckpt
-from lm import load_model, sharding
+from lm import load_model, lora, sharding
 from lm.precision import resolve_precision
 from lm.logprobs import hidden_states
 from sft.data import PackedTrainingFlags, prepare
@@ -122,15 +122,18 @@ def main(config: DistillConfig) -> dict:
     teacher, tokenizer = load_model(config.teacher, dtype=config.dtype, device=device)  # forward only
     teacher.requires_grad_(False)
     precision = resolve_precision(config.dtype, teacher.device)
-    if resume_from or config.student:
-        student, student_tok = load_model(str(resume_from or config.student), dtype=config.dtype, device=device,
+    saved = resume_from if resume_from and not config.use_peft else None  # LoRA resumes from base + adapter
+    if saved or config.student:
+        student, student_tok = load_model(str(saved or config.student), dtype=config.dtype, device=device,
                                           training=True)
-        check_same_tokenizer(tokenizer, student_tok, config.teacher, str(resume_from or config.student))
+        check_same_tokenizer(tokenizer, student_tok, config.teacher, str(saved or config.student))
     else:
         layers = layer_choice(config.student_from_teacher_layers, teacher.config.num_hidden_layers)
         student = student_from_teacher(teacher, layers).to(precision.weights)
         dist.is_main() and print(f"student: teacher layers {layers} ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M "
               f"parameters, teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M)")
+    if config.use_peft:  # LoRA adapters on the student (lm/lora.py)
+        lora.attach(student, config, resume_from)
     if config.fsdp:  # the student's weights, gradients and AdamW state split over the ranks; the teacher's weights
         sharding.shard(student, precision)
         sharding.shard(teacher)

@@ -2,6 +2,7 @@
 from dataclasses import dataclass
 
 from common.config import arg
+from lm.lora import LoraFlags
 from lm.precision import CHOICES as DTYPES
 from lm.precision import HELP as PRECISION_HELP
 from common.optim import SCHEDULES
@@ -12,7 +13,7 @@ from rewards import parse_names_and_weights
 
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(LoraFlags):
     # model and data
     model: str = arg("smollm2-135m", "policy to start from: built-in name, checkpoint folder or hub id")
     dataset: str = arg("arithmetic", "math prompts: arithmetic[:levels], a local file, or a hub id")
@@ -107,6 +108,9 @@ class GRPOConfig:
         if self.tis_cap <= 0 or self.max_sampling_rounds < 0:
             raise ValueError("--tis-cap must be > 0 and --max-sampling-rounds >= 0")
         cut = self.top_k > 0 or self.top_p < 1.0
+        if self.use_peft and (self.fsdp or (self.beta > 0 and cut and self.truncated_logprobs)):
+            raise ValueError("--use-peft is not supported with --fsdp, nor with beta > 0 and truncated sampling (the "
+                             "reference is the model with its adapters off, the kept set the model's with them on)")
         if self.fsdp and (self.dynamic_sampling or (self.beta > 0 and cut and self.truncated_logprobs)):
             raise ValueError("--fsdp runs every rank through the same passes: not with --dynamic-sampling (ranks keep "
                              "different numbers of groups), nor with beta > 0 and truncated sampling (the reference "

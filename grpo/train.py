@@ -32,6 +32,7 @@ Deliberate choices:
 """
 import copy
 import time
+from contextlib import nullcontext
 
 import torch
 from tqdm import tqdm
@@ -47,7 +48,7 @@ from grpo.config import GRPOConfig  # noqa: F401  (run.py finds it here)
 from grpo.curriculum import PassRateCurriculum
 from grpo.loss import grpo_loss, sampler_mismatch
 from lm import checkpoint as ckpt
-from lm import load_model, sharding, token_logprobs
+from lm import load_model, lora, sharding, token_logprobs
 from lm.precision import resolve_precision
 from rewards import build_rewards, events
 from tasks import load_math
@@ -62,11 +63,14 @@ def main(config: GRPOConfig) -> dict:
     mine = dist.my_slice(config.prompts_per_step, "--prompts-per-step")  # this rank's prompts of each step
     resume_from, out = ckpt.start_run(config.output_dir, config.resume, config.overwrite, LOGS)
     torch.manual_seed(config.seed)
-    model, tokenizer = load_model(str(resume_from) if resume_from else config.model, dtype=config.dtype,
-                                  device=device, trust_remote_code=config.trust_remote_code, training=True)
+    start_from = resume_from if resume_from and not config.use_peft else config.model  # LoRA: base + adapter
+    model, tokenizer = load_model(str(start_from), dtype=config.dtype, device=device,
+                                  trust_remote_code=config.trust_remote_code, training=True)
     precision = resolve_precision(config.dtype, model.device)  # float32 weights, bfloat16 compute on a GPU
     ref_model = None
-    if config.beta > 0:  # the reference is always the starting model, also on resume; it runs forward only
+    if config.use_peft:  # LoRA adapters (lm/lora.py); the reference is the model with them off
+        lora.attach(model, config, resume_from)
+    elif config.beta > 0:  # the reference is always the starting model, also on resume; it runs forward only
         ref_model = (load_model(config.model, dtype=config.dtype, device=device)[0] if resume_from
                      else copy.deepcopy(model).to(precision.compute)).eval().requires_grad_(False)
     if config.gradient_checkpointing:
@@ -150,8 +154,10 @@ def main(config: GRPOConfig) -> dict:
 
         # ---- algorithm: reference and old log-probs, only when they are needed (the reference on the
         # policy's kept set under top-k / top-p: both distributions over the tokens the sampler could draw)
+        with torch.no_grad(), lora.adapters_off(model) if config.use_peft else nullcontext():
+            ref_logp = ([logps_of(model if ref_model is None else ref_model, idx, kept_by=model)[0] for idx in micro]
+                        if config.beta > 0 else None)
         with torch.no_grad():
-            ref_logp = [logps_of(ref_model, idx, kept_by=model)[0] for idx in micro] if ref_model is not None else None
             old_logp = [logps_of(model, idx)[0] for idx in micro] if config.num_iterations > 1 else None
         t_train = time.perf_counter()
         # the whole step's denominator on every rank: the ranks' losses add up to the full-batch loss

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from common import dist
-from lm import sharding
+from lm import lora, sharding
 
 STATE_FILE = "training_state.pt"
 PLOTS = ("training_curves.png",)
@@ -43,16 +43,19 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, state: dict,
-                    keep: int | None = None) -> Path:
+                    keep: int | None = None, adapters_of=None) -> Path:
     """Write checkpoint-<step> atomically; `state` is pickled next to the weights.
 
-    `keep`: how many of the newest checkpoints to keep (None keeps all).
+    `keep`: how many of the newest checkpoints to keep (None keeps all). `adapters_of`: a model with
+    LoRA adapters (lm/lora.py), whose adapter goes into the checkpoint's adapter/ folder.
     """
     tidy(output_dir)
     final = Path(output_dir) / f"checkpoint-{step}"
     tmp = final.with_name(final.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if adapters_of is not None:
+        lora.save_adapters(adapters_of, tmp / lora.ADAPTER_DIR)
     torch.save({**state, "step": step, "rng": rng_state()}, tmp / STATE_FILE)
     if final.exists():  # saving the same step again: replace only once the new copy is complete
         old = final.with_name(final.name + ".old")  # listed as the checkpoint while final is missing
@@ -152,11 +155,13 @@ def save_training(output_dir: str | Path, step: int, model, tokenizer, optimizer
                   keep: int | None = None) -> None:
     """A training loop's checkpoint: the weights, the optimizer and schedule, and `state` (the data
     position, ...). Every rank calls it: a sharded model and its optimizer state are gathered to rank 0
-    (lm/sharding.py), rank 0 writes, and every rank returns once it is on disk."""
-    weights = sharding.model_to_save(model)
+    (lm/sharding.py), rank 0 writes, and every rank returns once it is on disk. A model with LoRA
+    adapters is saved merged, its adapter beside (lm/lora.py)."""
+    adapted = lora.wrapper(model) is not None
+    weights = lora.merged(model) if adapted else sharding.model_to_save(model)
     state = {**state, "optimizer": sharding.optimizer_state(model, optimizer), "scheduler": scheduler.state_dict()}
     if dist.is_main():
-        save_checkpoint(output_dir, step, weights, tokenizer, state, keep=keep)
+        save_checkpoint(output_dir, step, weights, tokenizer, state, keep=keep, adapters_of=model if adapted else None)
     dist.barrier()
 
 

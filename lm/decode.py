@@ -94,6 +94,18 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + torch.cat((-x2, x1), -1) * sin
 
 
+def weight_of(layer) -> torch.Tensor:
+    """A linear layer's weight as its forward applies it. With LoRA adapters (peft, lm/lora.py) that are
+    on and not merged: W + each active adapter's B A * scaling, so the sampler samples the adapted model
+    (its copies are refreshed after every optimizer step, as for full fine-tuning)."""
+    weight = layer.weight.detach()
+    if hasattr(layer, "lora_A") and not layer.merged and not layer.disable_adapters:
+        for name in layer.active_adapters:
+            if name in layer.lora_A:
+                weight = weight + layer.get_delta_weight(name).detach().to(weight.dtype)
+    return weight
+
+
 class Linear:
     """y = x W^T + b with W prepacked for oneDNN on a CPU (float32), else a plain `F.linear`."""
 
@@ -107,7 +119,7 @@ class Linear:
 
     def refresh(self, *layers: torch.nn.Linear) -> None:
         """The given layers' current weights, side by side: in place, or repacked on a CPU."""
-        weight = torch.cat([layer.weight.detach() for layer in layers])
+        weight = torch.cat([weight_of(layer) for layer in layers])
         if self.bias is not None:
             self.bias.copy_(torch.cat([layer.bias.detach() for layer in layers]))
         if self.packed:
@@ -124,7 +136,7 @@ class Linear:
 def fused(*layers: torch.nn.Linear, rows: int, dtype: torch.dtype) -> Linear:
     """One Linear computing the given layers' outputs side by side (they read the same input; in the
     supported models they all have a bias or none has), with its weights in `dtype`."""
-    weight = torch.cat([layer.weight.detach() for layer in layers]).to(dtype)
+    weight = torch.cat([weight_of(layer) for layer in layers]).to(dtype)
     bias = None if layers[0].bias is None else torch.cat([layer.bias.detach() for layer in layers]).to(dtype)
     return Linear(weight, bias, rows)
 

@@ -151,7 +151,6 @@ def sample(model, prompts: list[list[int]], *, group_size: int = 1, max_new_toke
     G, T = group_size, max_new_tokens
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)                  # (B, P)
     B, P = prompt_ids.shape
-    N = B * G
     if keys is None:
         gen_device = generator.device if generator is not None else "cpu"
         keys = torch.randint(0, 2 ** 31, (B,), generator=generator, device=gen_device)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from common.config import arg
+from lm.lora import LoraFlags
 from lm.precision import CHOICES as DTYPES
 from lm.precision import HELP as PRECISION_HELP
 from common.optim import SCHEDULES
@@ -17,7 +18,7 @@ from tasks import DataError, load_conversations
 
 
 @dataclass
-class PackedTrainingFlags:
+class PackedTrainingFlags(LoraFlags):
     """Flags shared by the commands that train on the SFT data path (`run.py sft`, `run.py distill`);
     each command's config inherits them and redeclares the defaults it wants different."""
     dataset: str = arg("arithmetic", "conversations: arithmetic[:levels] (worked R1 solutions), a local "
@@ -58,6 +59,8 @@ class PackedTrainingFlags:
         if self.resume and self.overwrite:
             raise ValueError("--resume continues a run and --overwrite removes one: choose one")
         parse_report_to(self.report_to)
+        if self.use_peft and self.fsdp:
+            raise ValueError("--use-peft is not supported with --fsdp")
         if min(self.batch_size, self.gradient_accumulation_steps, self.max_length, self.save_every) < 1:
             raise ValueError("--batch-size, --gradient-accumulation-steps, --max-length and --save-every must be >= 1")
 

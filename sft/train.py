@@ -22,7 +22,7 @@ from common.runlog import append_jsonl, open_run, plot_metrics
 from common.trackers import start as start_trackers
 from evaluation import eval_metrics
 from lm import checkpoint as ckpt
-from lm import load_model, sharding
+from lm import load_model, lora, sharding
 from lm.precision import resolve_precision
 from sft.loss import sft_loss
 from sft.data import PackedTrainingFlags, prepare
@@ -49,8 +49,10 @@ def main(config: SFTConfig) -> dict:
     device = dist.init(config.device)  # several processes under torchrun; one otherwise
     mine = dist.my_slice(config.gradient_accumulation_steps, "--gradient-accumulation-steps")  # this rank's
     resume_from, out = ckpt.start_run(config.output_dir, config.resume, config.overwrite)
-    model, tokenizer = load_model(str(resume_from) if resume_from else config.model,
-                                  dtype=config.dtype, device=device, training=True)
+    start_from = resume_from if resume_from and not config.use_peft else config.model  # LoRA: base + adapter
+    model, tokenizer = load_model(str(start_from), dtype=config.dtype, device=device, training=True)
+    if config.use_peft:  # LoRA adapters (lm/lora.py)
+        lora.attach(model, config, resume_from)
     precision = resolve_precision(config.dtype, model.device)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

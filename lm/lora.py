@@ -1,0 +1,117 @@
+"""`--use-peft`: train LoRA adapters (the `peft` library) instead of every weight.
+
+    add_adapters(model, r, alpha, dropout, targets)   LoRA layers put into `model` in place (peft's
+                                                      `get_peft_model`); only they train
+    load_adapters(model, folder)                      the same, from a checkpoint's adapter (resume)
+    adapters_off(model)                               a context in which the model is its base model:
+                                                      GRPO's reference (beta > 0) with no second copy
+    merged(model)                                     a plain model of the same config with the adapters
+                                                      merged into its weights (what a checkpoint holds)
+    save_adapters(model, folder)                      adapter_model.safetensors and adapter_config.json
+
+The loops keep calling the transformers model itself (its body, its output layer); peft's wrapper is
+kept beside it (`wrapper(model)`) for saving. The sampler's lean decoder reads each adapted layer's
+weight as W + B A * scaling (lm/decode.py `weight_of`), refreshed after every optimizer step.
+A checkpoint folder stays what `from_pretrained` loads (merged weights); the adapter goes in its
+`adapter/` subfolder, for peft users (`PeftModel.from_pretrained(base, "checkpoint-N/adapter")`):
+an adapter_config.json at the top would make transformers load the base model named in it instead.
+"""
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from common.config import ConfigError, arg
+
+ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class LoraFlags:
+    """The LoRA flags of grpo, sft and distill (TRL's names)."""
+    use_peft: bool = arg(False, "train LoRA adapters (peft) instead of every weight; checkpoints hold the merged "
+                         "model and the adapter (adapter/)")
+    lora_r: int = arg(16, "with --use-peft: the adapters' rank")
+    lora_alpha: int = arg(32, "with --use-peft: the adapters' scale is alpha / r")
+    lora_dropout: float = arg(0.05, "with --use-peft: dropout on the adapters' input")
+    lora_target_modules: str = arg("all-linear", "with --use-peft: all-linear, or layer names such as q_proj,v_proj")
+
+
+def attach(model, flags: LoraFlags, resume_from=None):
+    """The run's adapters put into `model`: new ones, or a resumed checkpoint's. Says how many train."""
+    if resume_from is not None:
+        load_adapters(model, Path(resume_from) / ADAPTER_DIR)
+    else:
+        add_adapters(model, flags.lora_r, flags.lora_alpha, flags.lora_dropout, flags.lora_target_modules)
+    trainable, total = trainable_parameters(model)
+    print(f"LoRA: {trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters train ({100 * trainable / total:.2f}%)")
+    return model
+
+
+def _peft():
+    try:
+        import peft
+        return peft
+    except ImportError:
+        raise ConfigError("--use-peft needs the package peft: pip install peft") from None
+
+
+def wrapper(model):
+    """peft's wrapper of a model with adapters, or None."""
+    return model.__dict__.get("_peft_wrapper")
+
+
+def _keep(model, wrapped):
+    object.__setattr__(model, "_peft_wrapper", wrapped)  # not a submodule: the loops never see it
+    return model
+
+
+def add_adapters(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, targets: str = "all-linear"):
+    """LoRA on `targets` ("all-linear": every linear layer but the output layer; or names such as
+    q_proj,v_proj); every other weight frozen. Returns the model (changed in place)."""
+    peft = _peft()
+    modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=modules,
+                             task_type="CAUSAL_LM")
+    return _keep(model, peft.get_peft_model(model, config))
+
+
+def load_adapters(model, folder):
+    """Trainable adapters from `folder` (a checkpoint's adapter/) put into `model`."""
+    peft = _peft()
+    return _keep(model, peft.PeftModel.from_pretrained(model, str(folder), is_trainable=True))
+
+
+@contextlib.contextmanager
+def adapters_off(model):
+    with wrapper(model).disable_adapter():
+        yield model
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    """(trainable, all) parameter counts."""
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
+
+
+@torch.no_grad()
+def merged(model):
+    """A plain transformers model, on the CPU, whose weights are `model`'s with the adapters merged in
+    (the model itself is left as it is: merging and unmerging in place would move its base weights by
+    float rounding, and a resumed run must continue from exactly the same weights)."""
+    from lm.decode import weight_of
+    from lm.sharding import plain_copy
+    state = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and hasattr(module, "base_layer"):
+            state[f"{name}.weight"] = weight_of(module).cpu()
+            if module.base_layer.bias is not None:
+                state[f"{name}.bias"] = module.base_layer.bias.detach().cpu()
+    for name, tensor in model.state_dict().items():
+        if "lora_" not in name and ".base_layer." not in name:
+            state.setdefault(name, tensor.detach().cpu())
+    return plain_copy(model, state, "cpu")
+
+
+def save_adapters(model, folder) -> None:
+    wrapper(model).save_pretrained(str(folder))
