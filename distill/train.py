@@ -2,6 +2,8 @@
 
     teacher (inference mode) and student share a tokenizer (checked at start-up)
     the SFT data path: conversations -> packed rows -> micro-batches
+      (--on-policy: the student's own completions of the conversations' prompts, distill/onpolicy.py,
+       trained with the divergence alone: alpha 1, temperature 1)
     each optimizer step, for each micro-batch:
         student and teacher logits at the labelled positions only     (M, V) each
         loss = alpha T^2 KD(teacher || student at T) + (1 - alpha) CE  (distill/loss.py),
@@ -27,13 +29,14 @@ from common.optim import clipped_step, make_optimizer, make_scheduler, stop_afte
 from common.runlog import append_jsonl, open_run, plot_metrics
 from common.trackers import start as start_trackers
 from distill.loss import KINDS, distillation_loss
+from distill.onpolicy import is_on_policy, student_batch
 from evaluation import eval_metrics
 from lm import checkpoint as ckpt
 from lm import load_model, lora, sharding
 from lm.precision import resolve_precision
 from lm.logprobs import hidden_states
 from sft.data import PackedTrainingFlags, prepare
-from tasks import load_math
+from tasks import load_conversations, load_math
 
 PLOT_KEYS = ["loss", "kd", "ce", "lr", "grad_norm", "eval/accuracy", "eval/format_rate"]
 
@@ -47,8 +50,15 @@ class DistillConfig(PackedTrainingFlags):
     temperature: float = arg(3.0, "softmax temperature on both sides of the KD term")
     alpha: float = arg(0.7, "weight of the KD term; 1 - alpha goes to the cross-entropy with the labels "
                        "(0: plain SFT of the student, the baseline to compare with)")
-    kind: str = arg("forward_kl", "forward_kl, reverse_kl or jsd")
+    kind: str = arg("", "forward_kl, reverse_kl or jsd (default: forward_kl; reverse_kl with --on-policy)")
     beta: float = arg(0.5, "JSD weight (kind jsd): 0 is forward KL, 1 reverse KL")
+    on_policy: bool = arg(False, "distil on the student's own samples: the divergence at every position of its "
+                          "completions, no cross-entropy (GKD with lambda 1, arXiv 2306.13649; distill/onpolicy.py)")
+    off_policy_fraction: float = arg(0.0, "with --on-policy: the share of micro-batches taken from the SFT data "
+                                     "with the usual loss instead")
+    on_policy_prompts: int = arg(8, "with --on-policy: prompts per micro-batch, one completion each")
+    on_policy_max_new_tokens: int = arg(128, "with --on-policy: token budget of the student's completions")
+    on_policy_temperature: float = arg(1.0, "with --on-policy: the student's sampling temperature")
     # defaults that differ from SFT's
     max_length: int = arg(1024, "tokens per packed row")
     gradient_accumulation_steps: int = arg(4, "micro-batches per optimizer step")
@@ -59,6 +69,10 @@ class DistillConfig(PackedTrainingFlags):
 
     def __post_init__(self):
         super().__post_init__()
+        self.kind = self.kind or ("reverse_kl" if self.on_policy else "forward_kl")
+        if not 0 <= self.off_policy_fraction <= 1 or self.on_policy_temperature <= 0 or self.on_policy_prompts < 1:
+            raise ValueError("--off-policy-fraction must lie in [0, 1], --on-policy-temperature be > 0 and "
+                             "--on-policy-prompts >= 1")
         if self.kind not in KINDS:
             raise ValueError(f"--kind {self.kind!r}: choose one of {', '.join(KINDS)}")
         if not 0 <= self.alpha <= 1 or not 0 <= self.beta <= 1 or self.temperature <= 0:
@@ -139,6 +153,8 @@ def main(config: DistillConfig) -> dict:
         sharding.shard(teacher)
     stream, report, n_units = prepare(tokenizer, config.dataset, config.train_examples, config.max_length,
                                       "truncate", config.packing, config.batch_size, config.seed)
+    prompt_rows = (load_conversations(config.dataset, "train", config.train_examples, seed=config.seed)
+                   if config.on_policy else [])  # --on-policy: their prompts, without the answers
     optimizer = make_optimizer(student, config.learning_rate, config.weight_decay)
     scheduler = make_scheduler(optimizer, config.lr_scheduler, int(config.warmup_ratio * config.max_steps),
                                config.max_steps)
@@ -163,20 +179,37 @@ def main(config: DistillConfig) -> dict:
                total=config.max_steps, disable=not dist.is_main())
     for step in bar:
         t0 = time.perf_counter()
-        micro = [stream[step * accum + i] for i in mine]  # this rank's micro-batches of the step
+        # ---- this rank's micro-batches of the step: the SFT data's, or (--on-policy) the student's own
+        # completions of the task's prompts (distill/onpolicy.py), sampled before any update of the step
+        slots = [step * accum + i for i in mine]
+        on = [config.on_policy and is_on_policy(config.seed, step, slot, config.off_policy_fraction) for slot in slots]
+        if config.on_policy:
+            student.eval()
+            with precision.autocast():
+                policy = sharding.gathered(student)  # under --fsdp a full copy, once for the step
+                micro = [student_batch(policy, tokenizer, prompt_rows, config.seed, step, slot, config.on_policy_prompts,
+                                       config.on_policy_max_new_tokens, config.on_policy_temperature) if o
+                         else stream[slot] for slot, o in zip(slots, on)]
+            policy = None
+            student.train()
+        else:
+            micro = [stream[slot] for slot in slots]
+        t_sampled = time.perf_counter()
         n_targets = max(1, int(dist.all_sum(sum(b.num_targets for b in micro))))  # the whole step's
         totals = {"loss": 0.0, "kd": 0.0, "ce": 0.0}
-        for batch in micro:
+        for batch, student_sampled in zip(micro, on):
+            # on the student's samples: the divergence alone, at temperature 1 (no labels to imitate)
+            alpha, temperature = (1.0, 1.0) if student_sampled else (config.alpha, config.temperature)
             # ---- algorithm: teacher and student distributions at the labelled positions
             with precision.autocast():
                 student_logits, targets = logits_at_targets(student, batch, device)
-                if config.alpha > 0:
+                if alpha > 0:
                     with torch.inference_mode():
                         teacher_logits = logits_at_targets(teacher, batch, device)[0].clone()
                 else:  # alpha 0 is plain SFT of the student: the KD term has weight 0, no teacher pass
                     teacher_logits = student_logits.detach()
             loss, stats = distillation_loss(student_logits[None], teacher_logits[None], targets[None],
-                                            temperature=config.temperature, alpha=config.alpha, kind=config.kind,
+                                            temperature=temperature, alpha=alpha, kind=config.kind,
                                             beta=config.beta, normalizer=n_targets)
             loss.backward()
             totals["loss"] += loss.item()
@@ -190,6 +223,7 @@ def main(config: DistillConfig) -> dict:
         seconds = time.perf_counter() - t0
         record = {"step": step + 1, **totals, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm.item(),
                   "tokens": n_targets, "tokens_per_second": n_targets / seconds, "skipped": int(not stepped),
+                  "on_policy_frac": dist.all_sum(sum(on)) / accum, "time_sampling": t_sampled - t0,
                   "time_step": seconds}
         if (config.eval_every > 0 and (step + 1) % config.eval_every == 0) or (
                 config.eval_every == 0 and eval_rows and step + 1 == config.max_steps):

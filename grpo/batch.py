@@ -1,6 +1,5 @@
 """A GRPO step's batch: which prompts, their G completions each, and the completions' rewards.
 
-    prompt_rows         the prompts at positions p.. of an endless, per-epoch shuffled stream
     sample_groups       sample G completions for each prompt (keyed by seed, step, stream position),
                         decode them, score them with the rewards -> Groups
     Groups.select/join  keep some groups / put groups of several sampling rounds together
@@ -27,16 +26,7 @@ from lm.chat import encode_prompt
 from lm.draw import prompt_keys
 from lm.sampling import Samples
 from rewards import score
-
-
-def prompt_rows(rows: list[dict], seed: int, position: int, count: int) -> list[dict]:
-    """`count` rows starting at `position` of an endless, per-epoch shuffled stream."""
-    out = []
-    for p in range(position, position + count):
-        epoch, index = divmod(p, len(rows))
-        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        out.append(rows[order[index].item()])
-    return out
+from tasks import stream_rows
 
 
 @dataclass
@@ -139,7 +129,7 @@ def sample_step(policy, tokenizer, rows: list[dict], curriculum, position: int, 
     def sample_round(r: int) -> Groups:
         first = position + r * B
         prompts = (curriculum.draw(first, B)[mine.start:mine.stop] if curriculum is not None
-                   else prompt_rows(rows, config.seed, first + mine.start, len(mine)))
+                   else stream_rows(rows, config.seed, first + mine.start, len(mine)))
         groups = sample_groups(policy, tokenizer, prompts, range(first + mine.start, first + mine.stop), step, specs,
                                config, cuda_graphs=False if config.fsdp else None)
         if curriculum is not None:

@@ -23,6 +23,8 @@ A missing or empty column fails at load time with one line naming the file, the 
 import json
 from pathlib import Path
 
+import torch
+
 from lm.chat import SYSTEM_PROMPT
 from tasks.arithmetic import arithmetic_rows
 
@@ -61,6 +63,17 @@ def arithmetic_problems(spec: str, split: str, limit: int | None, seed: int) -> 
     each = [[{**row, "source": f"arithmetic:{part}"}  # which part: the curriculum's prior is per source
              for row in arithmetic_problems(f"arithmetic:{part}", split, -(-n // len(parts)), seed)] for part in parts]
     return [row for turn in zip(*each) for row in turn][:n]
+
+
+def stream_rows(rows: list[dict], seed: int, position: int, count: int) -> list[dict]:
+    """`count` rows starting at `position` of an endless stream: each epoch the rows in a new order
+    (seeded by seed and epoch), so position p names the same row in every run with that seed."""
+    out = []
+    for p in range(position, position + count):
+        epoch, index = divmod(p, len(rows))
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        out.append(rows[order[index].item()])
+    return out
 
 
 def read_rows(spec: str, split: str = "train") -> list[dict]:

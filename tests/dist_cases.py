@@ -42,6 +42,8 @@ EQUAL = {  # name: (loop, config): each must end with the same weights on 1 and 
     "top_k_tis": ("grpo", dict(top_k=20, top_p=0.9, beta=0.04, sampler_correction="tis")),
     "sft": ("sft", dict(model="tiny")),
     "distill": ("distill", dict(teacher="tiny", student_from_teacher_layers="1")),
+    "distill_on_policy": ("distill", dict(teacher="tiny", student_from_teacher_layers="1", on_policy=True,
+                                          off_policy_fraction=0.5, on_policy_prompts=2, on_policy_max_new_tokens=8)),
     # --fsdp (sharded weights, gradients, AdamW state; the one-process run is the plain loop)
     "grpo_fsdp": ("grpo", dict(fsdp=True, loss_type="dapo", beta=0.04, num_iterations=2)),
     "skip_zero_fsdp": ("grpo", dict(EQUAL_SKIP, fsdp=True)),
