@@ -1,8 +1,11 @@
 """Optimizer and learning-rate schedule shared by the training loops."""
 import math
+import time
 
 import torch
 from tqdm import tqdm
+
+from common import dist
 
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -53,6 +56,14 @@ def clipped_step(model, optimizer, scheduler, loss: float, max_grad_norm: float,
         tqdm.write(f"step {step}: non-finite loss or gradient, update skipped")
     optimizer.zero_grad(set_to_none=True)
     return grad_norm, stepped
+
+
+def time_is_up(started: float, max_minutes: float, step: int) -> bool:
+    """--max-minutes: True on every rank once any rank has run past the budget (0: none); says so."""
+    up = dist.any_rank(max_minutes > 0 and time.perf_counter() - started > 60 * max_minutes)
+    if up:
+        tqdm.write(f"stopping after step {step}: --max-minutes {max_minutes} reached")
+    return up
 
 
 def stop_after_bad_steps(bad_steps: int, step: int, last_checkpoint) -> None:

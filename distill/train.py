@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM
 
 from common import dist
 from common.config import arg
-from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps
+from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps, time_is_up
 from common.runlog import append_jsonl, open_run, plot_metrics
 from common.trackers import start as start_trackers
 from distill.loss import KINDS, distillation_loss
@@ -175,6 +175,7 @@ def main(config: DistillConfig) -> dict:
             trackers.log({"step": 0, **first_eval})
     student.train()
     device, accum, last, bad_steps = student.device, config.gradient_accumulation_steps, {}, 0
+    started = time.perf_counter()
     bar = tqdm(range(start_step, config.max_steps), desc="distill", unit="step", initial=start_step,
                total=config.max_steps, disable=not dist.is_main())
     for step in bar:
@@ -225,8 +226,10 @@ def main(config: DistillConfig) -> dict:
                   "tokens": n_targets, "tokens_per_second": n_targets / seconds, "skipped": int(not stepped),
                   "on_policy_frac": dist.all_sum(sum(on)) / accum, "time_sampling": t_sampled - t0,
                   "time_step": seconds}
+        out_of_time = time_is_up(started, config.max_minutes, step + 1)
+        final = step + 1 == config.max_steps or out_of_time
         if (config.eval_every > 0 and (step + 1) % config.eval_every == 0) or (
-                config.eval_every == 0 and eval_rows and step + 1 == config.max_steps):
+                config.eval_every == 0 and eval_rows and final):
             record.update(run_eval())
         if dist.is_main():
             append_jsonl(out / "metrics.jsonl", record)
@@ -234,10 +237,12 @@ def main(config: DistillConfig) -> dict:
         bar.set_postfix(loss=f"{totals['loss']:.3f}", kd=f"{totals['kd']:.3f}")
         last = record
         stop_after_bad_steps(bad_steps, step + 1, ckpt.latest_checkpoint(out))
-        if (step + 1) % config.save_every == 0 or step + 1 == config.max_steps:
+        if (step + 1) % config.save_every == 0 or final:
             ckpt.save_training(out, step + 1, student, tokenizer, optimizer, scheduler,
                                {"data_position": (step + 1) * accum}, keep=config.keep_checkpoints)
             if dist.is_main():
                 plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "distillation")
+        if out_of_time:
+            break
     trackers.close()
     return last

@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from common import dist
-from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps
+from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps, time_is_up
 from common.runlog import append_jsonl, open_run, plot_metrics
 from common.trackers import start as start_trackers
 from evaluation import eval_metrics
@@ -220,7 +220,7 @@ def main(config: GRPOConfig) -> dict:
                   "skipped": int(not stepped),
                   "time_sampling": t_sample, "time_training": t_end - t_train, "time_step": t_end - t0,
                   **{k: int(v) for k, v in sums.items() if k.startswith("reward_events/")}}
-        out_of_time = dist.any_rank(config.max_minutes > 0 and time.perf_counter() - started > 60 * config.max_minutes)
+        out_of_time = time_is_up(started, config.max_minutes, step + 1)
         final = step + 1 == config.max_steps or out_of_time
         if config.eval_every > 0 and (step + 1) % config.eval_every == 0 or (
                 config.eval_every == 0 and eval_rows and final):
@@ -245,7 +245,6 @@ def main(config: GRPOConfig) -> dict:
             if dist.is_main():
                 plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "GRPO")
         if out_of_time:
-            tqdm.write(f"stopping after step {step + 1}: --max-minutes {config.max_minutes} reached")
             break
     trackers.close()
     if first_eval and dist.is_main():

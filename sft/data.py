@@ -34,6 +34,7 @@ class PackedTrainingFlags(LoraFlags):
     lr_scheduler: str = arg("cosine", "constant, linear or cosine decay after warmup")
     max_grad_norm: float = arg(1.0, "clip the gradient norm to this (0: no clipping)")
     max_steps: int = arg(0, "optimizer steps")
+    max_minutes: float = arg(0.0, "stop (with a checkpoint) after the step that passes this wall-clock budget; 0: none")
     report_to: str = arg("none", "experiment trackers besides metrics.jsonl: none, tensorboard, wandb, trackio "
                          "(comma-separated for several; common/trackers.py)")
     fsdp: bool = arg(False, "shard weights, gradients and AdamW state over the torchrun processes (FSDP2)")

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from common import dist
 from common.config import arg
-from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps
+from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps, time_is_up
 from common.runlog import append_jsonl, open_run, plot_metrics
 from common.trackers import start as start_trackers
 from evaluation import eval_metrics
@@ -87,7 +87,7 @@ def main(config: SFTConfig) -> dict:
         trackers.log({"step": 0, **first_eval})
     model.train()
     position = start_step * config.gradient_accumulation_steps  # micro-batches consumed so far
-    last, bad_steps = {}, 0
+    last, bad_steps, started = {}, 0, time.perf_counter()
     bar = tqdm(range(start_step, total_steps), desc="sft", unit="step", initial=start_step, total=total_steps,
                disable=not dist.is_main())
     for step in bar:
@@ -114,8 +114,10 @@ def main(config: SFTConfig) -> dict:
                   "tokens_input": int(dist.all_sum(sum(b.num_tokens for b in micro))),
                   "tokens_per_second": n_targets / seconds, "epoch": position / stream.per_epoch,
                   "skipped": int(not stepped), "time_step": seconds}
+        out_of_time = time_is_up(started, config.max_minutes, step + 1)
+        final = step + 1 == total_steps or out_of_time
         if (config.eval_every > 0 and (step + 1) % config.eval_every == 0) or (
-                config.eval_every == 0 and eval_rows and step + 1 == total_steps):
+                config.eval_every == 0 and eval_rows and final):
             record.update(run_eval())
         if dist.is_main():
             append_jsonl(out / "metrics.jsonl", record)
@@ -123,11 +125,13 @@ def main(config: SFTConfig) -> dict:
         bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{record['tokens_per_second']:.0f}")
         last = record
         stop_after_bad_steps(bad_steps, step + 1, ckpt.latest_checkpoint(out))
-        if (step + 1) % config.save_every == 0 or step + 1 == total_steps:
+        if (step + 1) % config.save_every == 0 or final:
             ckpt.save_training(out, step + 1, model, tokenizer, optimizer, scheduler, {"data_position": position},
                                keep=config.keep_checkpoints)
             if dist.is_main():
                 plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "SFT")
+        if out_of_time:
+            break
     trackers.close()
     if first_eval and "eval/format_rate" in last and dist.is_main():
         print(f"held-out format rate {first_eval['eval/format_rate']:.3f} -> {last['eval/format_rate']:.3f}, "

@@ -119,3 +119,16 @@ def test_report_to_a_missing_tracker_is_a_one_line_error(tmp_path):
     except ImportError:
         with pytest.raises(ConfigError, match="--report-to wandb needs the package wandb: pip install wandb"):
             main(SFTConfig(model="tiny", report_to="wandb", max_steps=1, eval_every=-1, output_dir=str(tmp_path)))
+
+
+def test_sft_and_distill_stop_at_the_time_budget_with_a_checkpoint(tmp_path):
+    from distill.train import DistillConfig
+    from distill.train import main as distill
+    from sft.train import SFTConfig, main
+    kw = dict(train_examples=8, max_length=700, max_steps=5, gradient_accumulation_steps=1, eval_every=-1,
+              save_every=100, max_minutes=1e-9)
+    main(SFTConfig(model="tiny", **kw, output_dir=str(tmp_path / "sft")))
+    distill(DistillConfig(teacher="tiny", student_from_teacher_layers="1", **kw, output_dir=str(tmp_path / "kd")))
+    for run in ("sft", "kd"):
+        steps = [json.loads(line)["step"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [1] and [p.name for p in (tmp_path / run).glob("checkpoint-*")] == ["checkpoint-1"], run
