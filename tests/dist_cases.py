@@ -1,5 +1,5 @@
 """Every configuration of tests/test_distributed.py in one process launch: under torchrun (N processes)
-or plain python (1 process). Usage: python tests/dist_cases.py OUT [equal|faults]"""
+or plain python (1 process). Usage: python tests/dist_cases.py OUT equal[,faults]"""
 import os
 import sys
 from pathlib import Path
@@ -12,6 +12,7 @@ import torch  # noqa: E402
 
 import grpo.train as grpo_train  # noqa: E402
 from common import dist  # noqa: E402
+from common.config import ConfigError  # noqa: E402
 from distill.train import DistillConfig  # noqa: E402
 from distill.train import main as distill  # noqa: E402
 from grpo.config import GRPOConfig  # noqa: E402
@@ -85,13 +86,18 @@ def faults(out: str) -> None:
     grpo_train.grpo_loss = real
     # a time budget already spent: every rank stops after the first step
     run("grpo", f"{out}/out_of_time", max_steps=5, max_minutes=1e-9)
+    # a global batch that does not divide by the number of processes: the error run.py prints
+    try:
+        run("grpo", f"{out}/indivisible", prompts_per_step=3)
+    except ConfigError as e:
+        Path(f"{out}/indivisible-{dist.rank()}.txt").write_text(str(e))
 
 
 if __name__ == "__main__":
     out, which = sys.argv[1], sys.argv[2]
     dist.init("cpu")
     torch.set_num_threads(1)
-    if which == "equal":
+    if "equal" in which.split(","):
         for name, (loop, kw) in EQUAL.items():
             run(loop, f"{out}/{name}", **kw)
         # the commands that only sample: problems shared out over the ranks, rank 0 writes
@@ -99,5 +105,5 @@ if __name__ == "__main__":
                             batch_size=2, output_dir=f"{out}/eval"))
         sample(SampleConfig(model="tiny", num_prompts=5, num_samples=2, max_new_tokens=8, batch_size=2,
                             keep="best", min_score=-9, output_dir=f"{out}/sample"))
-    else:
+    if "faults" in which.split(","):
         faults(out)
