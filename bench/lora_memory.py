@@ -7,7 +7,6 @@ LoRA (--use-peft): each run in its own process, its peak resident memory (CPU) o
 import argparse
 import json
 import re
-import resource
 import subprocess
 import sys
 import tempfile

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM
 
 from common.runlog import read_jsonl
