@@ -78,22 +78,22 @@ def my_slice(n: int, what: str) -> range:
     return range(rank() * size, (rank() + 1) * size)
 
 
-def all_sum(value: float) -> float:
-    """A number summed over ranks (in float64)."""
+def _reduce(value: float, op) -> float:
     if not active():
         return float(value)
     tensor = torch.tensor(float(value), dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(tensor)
+    dist.all_reduce(tensor, op=op)
     return tensor.item()
+
+
+def all_sum(value: float) -> float:
+    """A number summed over ranks (in float64)."""
+    return _reduce(value, dist.ReduceOp.SUM)
 
 
 def all_max(value: float) -> float:
     """The largest of every rank's number."""
-    if not active():
-        return float(value)
-    tensor = torch.tensor(float(value), dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor.item()
+    return _reduce(value, dist.ReduceOp.MAX)
 
 
 def any_rank(flag: bool) -> bool:
