@@ -11,17 +11,16 @@
     clip grad norm, optimizer step, LR schedule; metrics, checkpoints, eval as in SFT
 
 A student can be cut from the teacher by keeping some of its layers (--student-from-teacher-layers
-15 keeps 15 evenly spaced layers, first and last included; "0,2,4" keeps those), the usual way to
-start a smaller student; any other model with the same tokenizer works too (--student).
+15 keeps 15 evenly spaced layers, first and last included; "0,2,4" keeps those; greedy:20 drops the
+layers the teacher needs least, distill/student.py), the usual way to start a smaller student; any
+other model with the same tokenizer works too (--student).
 """
-import copy
-import re
+import json
 import time
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM
 
 from common import dist
 from common.config import arg
@@ -30,6 +29,7 @@ from common.runlog import append_jsonl, open_run, plot_metrics
 from common.trackers import start as start_trackers
 from distill.loss import KINDS, distillation_loss
 from distill.onpolicy import is_on_policy, student_batch
+from distill.student import cut_student
 from evaluation import eval_metrics
 from lm import checkpoint as ckpt
 from lm import load_model, lora, sharding
@@ -46,7 +46,8 @@ class DistillConfig(PackedTrainingFlags):
     teacher: str = arg("smollm2-135m", "teacher model: built-in name, checkpoint folder or hub id")
     student: str = arg("", "student model (empty: cut from the teacher, see --student-from-teacher-layers)")
     student_from_teacher_layers: str = arg("", "keep these teacher layers for the student: a count "
-                                           "(evenly spaced) or a list like 0,2,4 (default: half)")
+                                           "(evenly spaced), a list like 0,2,4, or greedy:N (drop the least "
+                                           "needed layers one by one, distill/student.py; default: half)")
     temperature: float = arg(3.0, "softmax temperature on both sides of the KD term")
     alpha: float = arg(0.7, "weight of the KD term; 1 - alpha goes to the cross-entropy with the labels "
                        "(0: plain SFT of the student, the baseline to compare with)")
@@ -79,41 +80,6 @@ class DistillConfig(PackedTrainingFlags):
             raise ValueError("--alpha and --beta must lie in [0, 1] and --temperature be > 0")
 
 
-def layer_choice(spec: str, num_layers: int) -> list[int]:
-    """"" -> half the layers; "n" -> n evenly spaced (first and last kept); "0,2,4" -> those."""
-    if "," in spec:
-        layers = [int(x) for x in spec.split(",") if x.strip()]
-    else:
-        n = int(spec) if spec else max(1, num_layers // 2)
-        if not 1 <= n <= num_layers:
-            raise ValueError(f"--student-from-teacher-layers {spec}: the teacher has {num_layers} layers")
-        layers = sorted({round(i * (num_layers - 1) / max(1, n - 1)) for i in range(n)})
-    if not layers or len(set(layers)) != len(layers) or not all(0 <= i < num_layers for i in layers):
-        raise ValueError(f"--student-from-teacher-layers {spec}: need distinct layers in 0..{num_layers - 1}")
-    return layers
-
-
-def student_from_teacher(teacher, layers: list[int]):
-    """A copy of the teacher with only `layers` (renumbered 0..k-1); embeddings, norm and head kept."""
-    config = copy.deepcopy(teacher.config)
-    config.num_hidden_layers = len(layers)
-    if getattr(config, "layer_types", None):
-        config.layer_types = [config.layer_types[i] for i in layers]
-    student = AutoModelForCausalLM.from_config(config).to(teacher.device, teacher.dtype)
-    state = {}
-    for key, value in teacher.state_dict().items():
-        match = re.match(r"(.*\.layers\.)(\d+)(\..*)", key)
-        if match is None:
-            state[key] = value
-        elif int(match.group(2)) in layers:
-            state[f"{match.group(1)}{layers.index(int(match.group(2)))}{match.group(3)}"] = value
-    missing, unexpected = student.load_state_dict(state, strict=False)
-    if unexpected or [k for k in missing if "lm_head" not in k]:
-        raise RuntimeError(f"could not cut the student from the teacher: missing {missing}, unexpected {unexpected}")
-    student.tie_weights()
-    return student
-
-
 def check_same_tokenizer(teacher_tok, student_tok, teacher: str, student: str) -> None:
     if teacher_tok.get_vocab() != student_tok.get_vocab():
         raise ValueError(f"teacher {teacher} and student {student} have different vocabularies "
@@ -136,23 +102,26 @@ def main(config: DistillConfig) -> dict:
     teacher, tokenizer = load_model(config.teacher, dtype=config.dtype, device=device)  # forward only
     teacher.requires_grad_(False)
     precision = resolve_precision(config.dtype, teacher.device)
+    stream, report, n_units = prepare(tokenizer, config.dataset, config.train_examples, config.max_length,
+                                      "truncate", config.packing, config.batch_size, config.seed)
     saved = resume_from if resume_from and not config.use_peft else None  # LoRA resumes from base + adapter
+    layers = None
     if saved or config.student:
         student, student_tok = load_model(str(saved or config.student), dtype=config.dtype, device=device,
                                           training=True)
         check_same_tokenizer(tokenizer, student_tok, config.teacher, str(saved or config.student))
-    else:
-        layers = layer_choice(config.student_from_teacher_layers, teacher.config.num_hidden_layers)
-        student = student_from_teacher(teacher, layers).to(precision.weights)
-        dist.is_main() and print(f"student: teacher layers {layers} ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M "
-              f"parameters, teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M)")
+    else:  # cut from the teacher (distill/student.py); the layers kept go to student.json
+        student, layers = cut_student(teacher, config.student_from_teacher_layers, stream[0],
+                                      print if dist.is_main() else lambda _: None)
+        student = student.to(precision.weights)
+        if dist.is_main():
+            print(f"student: teacher layers {layers} ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M "
+                  f"parameters, teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M)")
     if config.use_peft:  # LoRA adapters on the student (lm/lora.py)
         lora.attach(student, config, resume_from)
     if config.fsdp:  # the student's weights, gradients and AdamW state split over the ranks; the teacher's weights
         sharding.shard(student, precision)
         sharding.shard(teacher)
-    stream, report, n_units = prepare(tokenizer, config.dataset, config.train_examples, config.max_length,
-                                      "truncate", config.packing, config.batch_size, config.seed)
     prompt_rows = (load_conversations(config.dataset, "train", config.train_examples, seed=config.seed)
                    if config.on_policy else [])  # --on-policy: their prompts, without the answers
     optimizer = make_optimizer(student, config.learning_rate, config.weight_decay)
@@ -161,6 +130,8 @@ def main(config: DistillConfig) -> dict:
     start_step = ckpt.restore_training(resume_from, student, optimizer, scheduler)["step"] if resume_from else 0
     if dist.is_main():
         open_run(out, config, start_step if resume_from else None)
+        if layers:
+            (out / "student.json").write_text(json.dumps({"teacher": config.teacher, "layers": layers}))
     trackers = start_trackers(config.report_to if dist.is_main() else "none", out, config)  # --report-to
     eval_rows = load_math(config.eval_dataset, "test", config.eval_problems) if config.eval_every >= 0 else []
 

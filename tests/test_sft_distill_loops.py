@@ -8,7 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import ROOT
-from distill.train import check_same_tokenizer, layer_choice, student_from_teacher
+from distill.student import layer_choice, student_from_teacher
+from distill.train import check_same_tokenizer
 from lm.loading import tiny_model, tiny_tokenizer
 
 
@@ -70,6 +71,41 @@ def test_student_with_all_layers_equals_teacher_and_half_is_smaller():
     assert torch.equal(half.model.layers[1].mlp.up_proj.weight, teacher.model.layers[3].mlp.up_proj.weight)
 
 
+def test_greedy_layer_choice_drops_what_a_copy_per_candidate_says_matters_least():
+    """greedy:N swaps layers in place on the teacher; the second method builds a student copy for each
+    candidate drop and measures it. A layer with zero output projections is the identity (its residual
+    adds 0), so dropping it leaves the loss exactly the full model's."""
+    from distill.student import cut_student, greedy_layers
+    from lm.logprobs import target_nll
+    from sft.data import prepare
+    tok = tiny_tokenizer()
+    teacher = tiny_model(tok, num_layers=4).eval()
+    with torch.no_grad():
+        teacher.model.layers[2].self_attn.o_proj.weight.zero_()
+        teacher.model.layers[2].mlp.down_proj.weight.zero_()
+    batch = prepare(tok, "arithmetic", 6, 700, "truncate", True, 1, 0)[0][0]
+
+    def loss(model):
+        with torch.no_grad():
+            nll, n = target_nll(model, batch.input_ids, batch.targets, position_ids=batch.position_ids)
+        return nll.item() / n
+
+    full = loss(teacher)
+    by_copy = {i: loss(student_from_teacher(teacher, [k for k in range(4) if k != i]).eval()) for i in range(4)}
+    assert by_copy[2] == pytest.approx(full, abs=1e-6)
+    said = []
+    keep = greedy_layers(teacher, batch, 3, said.append)
+    assert keep == [k for k in range(4) if k != min(by_copy, key=by_copy.get)]
+    assert f"loss {min(by_copy.values()):.3f}" in said[0]
+    assert teacher.config.num_hidden_layers == 4 and len(teacher.model.layers) == 4 and loss(teacher) == full
+    student, layers = cut_student(teacher, "greedy:2", batch, said.append)
+    assert len(layers) == 2 and set(layers) < set(keep) and student.config.num_hidden_layers == 2
+    with pytest.raises(ValueError, match="greedy:N"):
+        cut_student(teacher, "greedy:", batch)
+    with pytest.raises(ValueError, match="has 4 layers"):
+        cut_student(teacher, "greedy:5", batch)
+
+
 def test_different_vocabularies_are_refused():
     a = tiny_tokenizer()
     b = tiny_tokenizer()
@@ -79,15 +115,18 @@ def test_different_vocabularies_are_refused():
     check_same_tokenizer(a, tiny_tokenizer(), "t", "s")
 
 
-def test_run_py_distill_trains_a_half_student(tmp_path):
+def test_run_py_distill_trains_a_greedy_half_student(tmp_path):
     out = tmp_path / "distill"
     teacher_dir = tmp_path / "teacher"
     tiny_model(tiny_tokenizer(), num_layers=4).save_pretrained(teacher_dir)
     tiny_tokenizer().save_pretrained(teacher_dir)
     proc = run("distill", "--teacher", str(teacher_dir), "--train-examples", "20", "--max-steps", "2",
-               "--eval-every", "-1", "--learning-rate", "1e-3", "--output-dir", str(out))
+               "--eval-every", "-1", "--learning-rate", "1e-3", "--output-dir", str(out),
+               "--student-from-teacher-layers", "greedy:2")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "student: teacher layers [0, 3]" in proc.stdout
+    assert proc.stdout.count("greedy layer choice: dropped layer") == 2
+    layers = json.loads((out / "student.json").read_text())["layers"]
+    assert len(layers) == 2 and f"student: teacher layers {layers}" in proc.stdout
     metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2] and all(m["kd"] >= 0 for m in metrics)
     student = AutoModelForCausalLM.from_pretrained(out / "checkpoint-2")
