@@ -2,7 +2,7 @@
 
     --student-from-teacher-layers ""         half the layers, evenly spaced (first and last kept)
                                   "20"       20 layers, evenly spaced
-                                  "0,2,4"    those layers
+                                  "0,2,4"    those layers ("3," is the one layer 3)
                                   "greedy:20" drop layers one at a time, each time the one whose removal
                                              raises the loss on a training batch least, down to 20
 

@@ -243,7 +243,8 @@ def main(config: GRPOConfig) -> dict:
                                 **({"curriculum": curriculum.state_dict()} if curriculum is not None else {})},
                                keep=config.keep_checkpoints)
             if dist.is_main():
-                plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "GRPO")
+                plot_metrics(out / "metrics.jsonl", PLOT_KEYS[:1] + [f"reward/{r.name}" for r in specs] + PLOT_KEYS[1:],
+                             out / "training_curves.png", "GRPO")  # each reward's curve after the total
         if out_of_time:
             break
     trackers.close()

@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 from recipe.coldstart import refine, verdict
 
@@ -28,6 +30,24 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     # stage 3 trained on stage 2's file; stage 7's student has half of stage 6's teacher's layers
     assert json.loads((tmp_path / "3-sft1" / "config.json").read_text())["dataset"].endswith("cold_start.jsonl")
     assert json.loads((tmp_path / "7-distill" / "config.json").read_text())["teacher"].startswith(str(tmp_path / "6-sft2"))
+    # the SFT-only twin: the student's layers, the same data, alpha 0
+    twin = json.loads((tmp_path / "7-sft-only-twin" / "config.json").read_text())
+    student = json.loads((tmp_path / "7-distill" / "config.json").read_text())
+    assert twin["alpha"] == 0 and student["alpha"] == 1 and twin["dataset"] == student["dataset"]
+    assert twin["student_from_teacher_layers"] == "0," and json.loads(
+        (tmp_path / "7-distill" / "student.json").read_text())["layers"] == [0]
+    # every comparison the report promises, paired on the same problems, with the numbers it printed
+    results = json.loads((tmp_path / "8-eval" / "results.json").read_text())
+    assert sorted(results["comparisons"]) == sorted(f"{a} vs {b}, T=1" for a, b in [
+        ("1-r1-zero", "0-base"), ("4-grpo2", "3-sft1"), ("6-sft2", "3-sft1"), ("6-sft2", "4-grpo2"),
+        ("7-distill", "7-sft-only-twin")])
+    for name, c in results["comparisons"].items():
+        trained, baseline = name.split(", ")[0].split(" vs ")
+        per = results["models"]
+        diff = [b - a for a, b in zip(per[baseline]["T=1"]["per_problem"], per[trained]["T=1"]["per_problem"])]
+        assert c["diff"] == pytest.approx(sum(diff) / len(diff)) and c["gained"] == sum(d > 0 for d in diff)
+    assert "What each stage bought" in report and "| 7-sft-only-twin |" in report and "## R1-Zero" in report
+    assert "| reward/tag_count |" in report
 
     # an unfinished training stage (its checkpoints there, no stage.json) is re-run afresh in its folder
     (tmp_path / "7-distill" / "stage.json").unlink()

@@ -53,7 +53,7 @@ def test_truncation_is_counted_in_the_log(tmp_path):
 def test_layer_choice():
     assert len(layer_choice("", 30)) == 15 and layer_choice("", 30)[0] == 0 and layer_choice("", 30)[-1] == 29
     assert layer_choice("4", 10) == [0, 3, 6, 9]               # evenly spaced: round(i * 9 / 3)
-    assert layer_choice("0,2,4", 6) == [0, 2, 4]
+    assert layer_choice("0,2,4", 6) == [0, 2, 4] and layer_choice("3,", 6) == [3] and layer_choice("3", 6) == [0, 2, 5]
     with pytest.raises(ValueError, match="has 6 layers"):
         layer_choice("7", 6)
     with pytest.raises(ValueError, match="distinct layers"):

@@ -1,0 +1,126 @@
+"""The pipeline's report (stage 8): every stage's model on one held-out set, and what each stage bought.
+
+    held-out rows (GRPO's level, test split: never trained on)
+      -> each model: `samples` completions per problem at the training temperature (and greedy, when
+         asked), scored with the eval rewards                                   (evaluation/)
+      -> per model: accuracy with its 95% interval, format rate, mean length
+      -> per comparison, on the same problems (evaluation.paired): the mean per-problem difference,
+         its 95% interval, problems gained / lost, the sign test
+      -> per stage: wall-clock, tokens trained, curves; R1-Zero's rewards first vs last steps
+      -> report.md and results.json (every number, and the per-problem accuracies)
+"""
+import json
+import time
+from pathlib import Path
+
+from common.runlog import read_jsonl
+from evaluation import evaluate, paired, per_problem_accuracy
+from lm import load_model
+
+# (trained, measured against, why): each trained stage against the model it must beat
+COMPARISONS = [("1-r1-zero", "0-base", "R1-Zero: GRPO from the base model"),
+               ("4-grpo2", "3-sft1", "GRPO, from SFT 1"),
+               ("6-sft2", "3-sft1", "SFT 2 (rejection-sampled data) vs SFT 1 (cold start), both from the base model"),
+               ("6-sft2", "4-grpo2", "SFT 2 vs the GRPO model whose answers it learned"),
+               ("7-distill", "7-sft-only-twin", "distilled student vs the same student trained by SFT alone")]
+
+
+def tokens_trained(folder: Path) -> int:
+    """Tokens the stage trained on: SFT and distillation log them per step; GRPO logs the mean
+    completion length and the completions per step (config)."""
+    metrics = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").exists() else []
+    if any("completion_len" in m for m in metrics):
+        config = json.loads((folder / "config.json").read_text())
+        per_step = config["group_size"] * config["prompts_per_step"]
+        return round(sum(m["completion_len"] * per_step * m.get("sampling_rounds", 1) for m in metrics))
+    return sum(m.get("tokens", 0) for m in metrics if "loss" in m)
+
+
+def first_and_last(folder: Path, keys: list[str]) -> dict:
+    """Mean of each metric over the first and the last quarter of the steps."""
+    metrics = [m for m in read_jsonl(folder / "metrics.jsonl") if "loss" in m]
+    quarter = max(1, len(metrics) // 4)
+    mean = lambda part, k: sum(m.get(k, 0.0) for m in part) / len(part)
+    return {k: (mean(metrics[:quarter], k), mean(metrics[-quarter:], k)) for k in keys} | {"steps": len(metrics)}
+
+
+def evaluate_all(models: list[tuple[str, str]], rows: list[dict], runs: list[dict], tokens: int, seed: int) -> dict:
+    """{model name: {run name: metrics with per-problem accuracies}}."""
+    results = {}
+    for name, path in models:
+        model, tok = load_model(path)
+        results[name] = {}
+        for run in runs:
+            metrics, records = evaluate(model, tok, rows, samples_per_problem=run["samples"],
+                                        temperature=run["temperature"], max_new_tokens=tokens, seed=seed)
+            results[name][run["name"]] = {**metrics, "per_problem": per_problem_accuracy(records)}
+    return results
+
+
+def write_report(out: Path, folder: Path, models: list[tuple[str, str]], stages: dict, rows: list[dict],
+                 runs: list[dict], tokens: int, seed: int, stage_seconds: float) -> dict:
+    """Evaluate, compare, and write out/report.md and folder/results.json; returns the results.
+    `stages`: per model name, its stage's seconds, tokens (and R1-Zero's rewards, the student's layers,
+    the cold-start counts); `stage_seconds`: stages 1-7 in all."""
+    start = time.perf_counter()
+    results = evaluate_all(models, rows, runs, tokens, seed)
+    eval_seconds = time.perf_counter() - start
+    main_run, level = runs[0]["name"], rows[0].get("level", "")
+    lines = ["# R1 pipeline report", "",
+             f"Held-out: {len(rows)} problems of the GRPO stage's distribution (arithmetic level {level}, test "
+             f"split: no stage trained on them), {tokens} new tokens. "
+             + "; ".join(f"**{r['name']}**: {r['samples']} sample(s) per problem at temperature {r['temperature']}"
+                         for r in runs) + ".", "",
+             "## Every stage's model", "",
+             "| stage | " + " | ".join(f"accuracy, {r['name']} (95% CI)" for r in runs)
+             + " | format rate | mean length | stage time | tokens trained |",
+             "|---|" + "---|" * (len(runs) + 4)]
+    for name, _ in models:
+        m, stage = results[name], stages.get(name, {})
+        accuracy = " | ".join(f"{m[r['name']]['accuracy']:.3f} ({m[r['name']]['accuracy_ci95'][0]:.3f}-"
+                              f"{m[r['name']]['accuracy_ci95'][1]:.3f})" for r in runs)
+        seconds = f"{stage['seconds'] / 60:.1f} min" if "seconds" in stage else "-"
+        lines.append(f"| {name} | {accuracy} | {m[main_run]['format_rate']:.3f} | {m[main_run]['mean_length']:.0f} | "
+                     f"{seconds} | {stage.get('tokens', 0):,} |")
+    lines += ["", "## What each stage bought (paired on the same problems)", "",
+              "Difference in per-problem accuracy (trained minus baseline), its 95% interval, problems gained / "
+              "lost, and the two-sided sign test on those.", "",
+              "| comparison | " + " | ".join(f"{r['name']}: difference (95% CI) | gained / lost | p"
+                                           for r in runs) + " |", "|---|" + "---|---|---|" * len(runs)]
+    comparisons = {}
+    for trained, baseline, what in COMPARISONS:
+        cells = []
+        for r in runs:
+            c = paired(results[baseline][r["name"]]["per_problem"], results[trained][r["name"]]["per_problem"])
+            comparisons[f"{trained} vs {baseline}, {r['name']}"] = c
+            beyond = " **beyond the noise**" if c["diff_ci95"][0] > 0 or c["diff_ci95"][1] < 0 else ""
+            cells.append(f"{c['diff']:+.3f} ({c['diff_ci95'][0]:+.3f} to {c['diff_ci95'][1]:+.3f}){beyond} | "
+                         f"{c['gained']} / {c['lost']} | {c['p_sign_test']:.3g}")
+        lines.append(f"| {what} | " + " | ".join(cells) + " |")
+    teacher, student = results["6-sft2"][main_run]["accuracy"], results["7-distill"][main_run]["accuracy"]
+    layers = stages.get("7-distill", {}).get("layers", [])
+    lines += ["", f"The student keeps {len(layers)} of the teacher's layers ({layers}) and "
+                  f"{student / teacher if teacher else 0:.0%} of its accuracy ({student:.3f} of {teacher:.3f}, "
+                  f"{main_run})." if layers else ""]
+    if "kept" in stages.get("5-rejection", {}):
+        lines += ["", f"Rejection sampling kept the best answer of {stages['5-rejection']['kept']} of "
+                      f"{stages['5-rejection'].get('prompts', '?')} GRPO prompts (4 samples each at T=1; kept: right "
+                      "and well formatted); SFT 2 trained on those plus the cold-start data."]
+    zero = dict(stages.get("1-r1-zero", {}).get("rewards", {}))
+    if zero:
+        lines += ["", "## R1-Zero", "", f"{zero.pop('steps')} GRPO steps from the base model; each reward's mean over "
+                  "the first and the last quarter of the steps (the curves: 1-r1-zero/training_curves.png):", "",
+                  "| reward | first quarter | last quarter |", "|---|---|---|"]
+        lines += [f"| {k} | {a:.3f} | {b:.3f} |" for k, (a, b) in zero.items()]
+    lines += ["", f"Wall-clock: stages 1-7 {stage_seconds / 60:.1f} min, this evaluation {eval_seconds / 60:.1f} min, "
+                  f"{(stage_seconds + eval_seconds) / 60:.1f} min in all.", "", "Training curves:", ""]
+    lines += [f"- {name}: ![{name}]({name}/training_curves.png)" for name in stages
+              if (out / name / "training_curves.png").exists()]
+    counts = stages.get("2-cold-start", {}).get("counts")
+    if counts:
+        lines += ["", "Cold-start data kept and dropped, by method:", "", "```", json.dumps(counts, indent=1), "```"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (folder / "results.json").write_text(json.dumps({"models": results, "comparisons": comparisons,
+                                                     "eval_seconds": eval_seconds}))
+    return {name: {r: {k: v for k, v in m.items() if k != "per_problem"} for r, m in runs_.items()}
+            for name, runs_ in results.items()}
