@@ -8,7 +8,7 @@
                    language-consistency reward
     5 rejection    rejection sampling from the GRPO model on GRPO's prompts (best answer per prompt,
                    right and well formatted)
-    6 sft2         SFT stage 2 of the base model on the kept answers plus the cold-start data
+    6 sft2         SFT stage 2 of the base model on the kept answers plus as many cold-start rows
     7 distill      logit distillation of the stage-6 model into a student with two thirds of its layers
                    (chosen greedily, distill/student.py), and the same student trained by SFT alone on
                    the same data for the same minutes: the twin it must beat
@@ -132,8 +132,10 @@ def main(config: PipelineConfig) -> dict:
                                            **common))
         if summary["kept"] == 0:
             raise RuntimeError(f"no answer scored >= {config.rejection_min_score}; lower --rejection-min-score")
-        merged = (folder / "kept.jsonl").read_text() + (out / "2-cold-start" / "cold_start.jsonl").read_text()
-        (folder / "sft2_data.jsonl").write_text(merged)
+        # R1's SFT 2 data is mostly rejection-sampled reasoning; here the kept answers and as many cold-start rows
+        kept = (folder / "kept.jsonl").read_text().splitlines()
+        cold = (out / "2-cold-start" / "cold_start.jsonl").read_text().splitlines()
+        (folder / "sft2_data.jsonl").write_text("".join(line + "\n" for line in kept + cold[:len(kept)]))
         return {"model": stage_json("4-grpo2")["model"], "data": str(folder / "sft2_data.jsonl"),
                 "kept": summary["kept"], "prompts": summary["prompts"]}
 

@@ -105,7 +105,7 @@ def write_report(out: Path, folder: Path, models: list[tuple[str, str]], stages:
     if "kept" in stages.get("5-rejection", {}):
         lines += ["", f"Rejection sampling kept the best answer of {stages['5-rejection']['kept']} of "
                       f"{stages['5-rejection'].get('prompts', '?')} GRPO prompts (4 samples each at T=1; kept: right "
-                      "and well formatted); SFT 2 trained on those plus the cold-start data."]
+                      "and well formatted); SFT 2 trained on those plus as many cold-start rows."]
     zero = dict(stages.get("1-r1-zero", {}).get("rewards", {}))
     if zero:
         lines += ["", "## R1-Zero", "", f"{zero.pop('steps')} GRPO steps from the base model; each reward's mean over "
