@@ -1,4 +1,4 @@
-"""`run.py pipeline --quick` on the tiny model: every stage runs, feeds the next, and --resume skips."""
+"""`run.py pipeline --quick` on the tiny model: every stage runs, feeds the next, --resume skips, a failure is named."""
 import json
 import subprocess
 import sys
@@ -57,11 +57,12 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     assert again.stdout.count("done before, skipped") == 6 and "== stage 7-distill" in again.stdout
     assert "== stage 8-eval" in again.stdout
 
-
-def test_failing_stage_is_named(tmp_path):
-    proc = pipeline(tmp_path, "--rejection-min-score", "100")
-    assert proc.returncode != 0
-    assert "pipeline stage 5-rejection failed" in proc.stderr and "lower --rejection-min-score" in proc.stderr
+    # a failing stage stops the pipeline with its name (stages 1-4 kept from above)
+    for stage in STAGES[4:]:
+        (tmp_path / stage / "stage.json").unlink()
+    failed = pipeline(tmp_path, "--resume", "--rejection-min-score", "100")
+    assert failed.returncode != 0
+    assert "pipeline stage 5-rejection failed" in failed.stderr and "lower --rejection-min-score" in failed.stderr
 
 
 def test_refinement_and_filters_by_hand():
