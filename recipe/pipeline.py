@@ -140,25 +140,23 @@ def main(config: PipelineConfig) -> dict:
                 "kept": summary["kept"], "prompts": summary["prompts"]}
 
     def distill(folder):  # the student, then its SFT-only twin: same layers, data, steps' size and minutes
-        twin = out / "7-sft-only-twin"
-        runs = {}
-        for run_folder, layers, extra in ((folder, n["student_layers"], dict(alpha=1.0, temperature=1.0)),
-                                          (twin, None, dict(alpha=0.0))):
-            # the twin: the student's layers as a list ("3," is the list of one layer, "3" a count)
-            layers = layers or "".join(f"{i}," for i in json.loads((folder / "student.json").read_text())["layers"])
+        def run(run_folder, layers, **loss):
             start = time.perf_counter()
             distill_main(DistillConfig(teacher=stage_json("6-sft2")["model"], dataset=stage_json("5-rejection")["data"],
                                        student_from_teacher_layers=layers, max_steps=n["distill_steps"],
                                        max_minutes=n["distill_minutes"], save_every=n["distill_steps"],
                                        eval_every=-1, lr_scheduler="constant", warmup_ratio=0.02,
                                        max_length=n["max_length"], gradient_accumulation_steps=n["accumulation"],
-                                       output_dir=str(run_folder), **extra, **common, **fresh))
-            runs[run_folder.name] = {"model": str(ckpt.latest_checkpoint(run_folder)), "tokens": tokens_trained(run_folder),
-                                     "seconds": time.perf_counter() - start}
+                                       output_dir=str(run_folder), **loss, **common, **fresh))
+            return {"model": str(ckpt.latest_checkpoint(run_folder)), "tokens": tokens_trained(run_folder),
+                    "seconds": time.perf_counter() - start}
+
+        student = run(folder, n["student_layers"], alpha=1.0, temperature=1.0)
         layers = json.loads((folder / "student.json").read_text())["layers"]
-        student = runs[folder.name]
+        # the twin gets the student's layers as a list ("3," is the list of one layer, "3" a count)
+        twin = run(out / "7-sft-only-twin", "".join(f"{i}," for i in layers), alpha=0.0)
         return {"model": student["model"], "tokens": student["tokens"], "student_seconds": student["seconds"],
-                "layers": layers, "twin": runs[twin.name]}
+                "layers": layers, "twin": twin}
 
     def evaluation(folder):
         rows = load_math("arithmetic:3", "test", n["eval_problems"] or config.eval_problems, seed=config.seed)

@@ -28,7 +28,7 @@ COMPARISONS = [("1-r1-zero", "0-base", "R1-Zero: GRPO from the base model"),
 def tokens_trained(folder: Path) -> int:
     """Tokens the stage trained on: SFT and distillation log them per step; GRPO logs the mean
     completion length and the completions per step (config)."""
-    metrics = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").exists() else []
+    metrics = read_jsonl(folder / "metrics.jsonl")
     if any("completion_len" in m for m in metrics):
         config = json.loads((folder / "config.json").read_text())
         per_step = config["group_size"] * config["prompts_per_step"]
