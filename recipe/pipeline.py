@@ -5,7 +5,7 @@
                    base model, and refinement of the R1-Zero model's raw outputs (all filtered)
     3 sft1         SFT stage 1 (packed) of the base model on the cold-start data
     4 grpo2        reasoning-oriented GRPO from the SFT model on level-3 problems, with the
-                   language-consistency reward
+                   language-consistency reward and dynamic sampling (groups without signal resampled)
     5 rejection    rejection sampling from the GRPO model on GRPO's prompts (best answer per prompt,
                    right and well formatted)
     6 sft2         SFT stage 2 of the base model on the kept answers plus as many cold-start rows
@@ -67,7 +67,7 @@ def sizes(quick: bool) -> dict:
     # minutes bound the sampling stages (steps are an upper bound); SFT 1 and 2 are the 80-step cold
     # start of `make demo`, the length at which GRPO finds signal at level 3 (README)
     return dict(zero_minutes=4, zero_steps=100, zero_tokens=96, worked=1000, prompted=16, sft_steps=80,
-                grpo_steps=500, grpo_minutes=12, group=8, prompts=8, rejection_prompts=300, distill_minutes=6,
+                grpo_steps=500, grpo_minutes=17, group=8, prompts=8, rejection_prompts=300, distill_minutes=6,
                 distill_steps=1000, student_layers="greedy:20", eval_problems=None, tokens=128, max_length=512,
                 accumulation=4)
 
@@ -121,7 +121,7 @@ def main(config: PipelineConfig) -> dict:
         grpo_main(GRPOConfig(model=stage_json("3-sft1")["model"], dataset="arithmetic:3",
                              reward_funcs="accuracy,format,language_consistency", reward_weights="1,0.5,0.5",
                              max_steps=n["grpo_steps"], max_minutes=n["grpo_minutes"], save_every=n["grpo_steps"],
-                             output_dir=str(folder), **grpo_common))
+                             dynamic_sampling=True, output_dir=str(folder), **grpo_common))
         return {"model": str(ckpt.latest_checkpoint(folder)), "tokens": tokens_trained(folder)}
 
     def rejection(folder):  # GRPO's own prompts (train split), its temperature; the best right answer of 4
