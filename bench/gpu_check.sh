@@ -30,20 +30,32 @@ if [ "${1:-}" = "--prepare" ]; then
 fi
 
 [ -d "$GPU/wheels" ] || { echo "error: $GPU/wheels missing: run bench/gpu_check.sh --prepare here first" >&2; exit 2; }
+set +e  # from here each part runs under its own time limit and a failure does not stop the next part
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$GPU"/wheels/*.whl
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TRL_PYTHON=python3 TOKENIZERS_PARALLELISM=false
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
-echo "== CUDA tests"
-python3 -m pytest -q -p no:cacheprovider tests/test_sampler.py tests/test_decode.py tests/test_sampling.py \
-    tests/test_precision.py tests/test_logprobs.py tests/test_grpo_math.py
-echo "== torchrun with NCCL (one process; the several-GPU path of issue 15), plain and --fsdp"
-for extra in "" "--fsdp"; do
-    python3 -m torch.distributed.run --standalone --nproc_per_node 1 run.py grpo --model tiny --device cuda \
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, transformers, pyarrow; print('torch', torch.__version__, 'transformers', transformers.__version__,
+            'pyarrow', pyarrow.__version__, torch.cuda.get_device_name())"
+summary=()
+part() {  # part NAME SECONDS COMMAND...: run it under a time limit, note how it ended
+    local name=$1 limit=$2 t0=$SECONDS; shift 2
+    echo "== $name"
+    timeout "$limit" "$@"; local rc=$?
+    summary+=("$name: $([ $rc = 0 ] && echo ok || echo "FAILED (exit $rc$([ $rc = 124 ] && echo ", over ${limit} s"))") in $((SECONDS - t0)) s")
+    return $rc
+}
+part "CUDA tests (sampler, decoding, precision, log-probs, GRPO math)" 120 \
+    python3 -m pytest -q -rfEs --tb=short -p no:cacheprovider tests/test_sampler.py tests/test_decode.py \
+    tests/test_sampling.py tests/test_precision.py tests/test_logprobs.py tests/test_grpo_math.py
+for extra in "" "--fsdp"; do  # the several-GPU path of issue 15, with NCCL, in one process
+    part "torchrun with NCCL ${extra:-(plain)}" 60 \
+        python3 -m torch.distributed.run --standalone --nproc_per_node 1 run.py grpo --model tiny --device cuda \
         --group-size 4 --prompts-per-step 2 --max-completion-length 16 --max-steps 2 --eval-every -1 \
-        --reward-funcs tests.toy_rewards:vowel_share,format --output-dir /tmp/nccl$extra --overwrite $extra
-    tail -n 1 "/tmp/nccl$extra/metrics.jsonl"
+        --reward-funcs tests.toy_rewards:vowel_share,format --output-dir "/tmp/nccl$extra" --overwrite $extra \
+        && tail -n 1 "/tmp/nccl$extra/metrics.jsonl"
 done
-echo "== benchmark"
-python3 bench/grpo_step.py --device cuda --model "$GPU/smollm2-135m" --random-weights --steps 3 \
-    --decode-rows 8,64 --qwen-shaped --trl-checkpointing default
+bench=(python3 bench/grpo_step.py --device cuda --model "$GPU/smollm2-135m" --random-weights --steps 3)
+part "benchmark" 240 "${bench[@]}" --decode-rows 8,64 --qwen-shaped --trl-checkpointing default \
+    || part "benchmark, lean step without CUDA graphs, no TRL" 100 "${bench[@]}" --decode-rows 8,64 --no-cuda-graphs --no-trl
+echo "== summary"
+printf '%s\n' "${summary[@]}"

@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -72,14 +73,14 @@ class Clock:
         return time.perf_counter()
 
 
-def grpo_phases(model, ref, optimizer, precision, prompts, G, T, steps, clock, share=True) -> dict:
+def grpo_phases(model, ref, optimizer, precision, prompts, G, T, steps, clock, share=True, graphs=None) -> dict:
     """Median seconds per phase of `steps` GRPO steps (the training loop's calls, in its precision)."""
     phases = {k: [] for k in ("sampling", "reference forward", "policy forward+backward", "optimizer", "step")}
     for _ in range(steps):
         t0 = clock()
         with precision.autocast():
             s = sample(model, prompts, group_size=G, max_new_tokens=T, temperature=1.0, eos_token_id=NEVER,
-                       pad_token_id=0)
+                       pad_token_id=0, cuda_graphs=graphs)
         t1 = clock()
         with torch.no_grad(), precision.autocast():
             ref_logp, _ = token_logprobs(ref, s.prompt_ids, s.prompt_mask, s.completion_ids, s.completion_mask,
@@ -114,6 +115,23 @@ def decode_ms(model, precision, prompts, rows, T, clock, **kw) -> float:
     return 1000 * statistics.median(times[1:]) / T
 
 
+def kernels_per_step(model, precision, prompts, rows, T=17) -> str:
+    """GPU kernels (and copies) one eager lean decoding step launches, counted by torch.profiler over a
+    rollout of T tokens (the prefill and the first draw are in it too, so this slightly overcounts)."""
+    from torch.profiler import ProfilerActivity, profile
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            with precision.autocast():
+                sample(model, prompts, group_size=rows, max_new_tokens=T, temperature=1.0, eos_token_id=NEVER,
+                       pad_token_id=0, cuda_graphs=False)
+            torch.cuda.synchronize()
+        kernels = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    except Exception as error:  # the profiler is an extra: never the reason the benchmark fails
+        return f"profiler failed: {type(error).__name__}"
+    layers = model.config.num_hidden_layers
+    return f"{kernels / (T - 1):.0f} kernels a step, {kernels / (T - 1) / layers:.1f} a layer"
+
+
 def qwen_shaped(args, device, clock, table: list) -> None:
     """Decoding step (8 rows) and a GRPO step of 8 x 8 x 512 with beta 0.04 on a Qwen2.5-0.5B-shaped model."""
     from transformers import AutoModelForCausalLM, Qwen2Config
@@ -126,12 +144,13 @@ def qwen_shaped(args, device, clock, table: list) -> None:
     print(f"Qwen2.5-0.5B-shaped model: {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters, "
           f"weights {precision.weights}, compute {precision.compute}", flush=True)
     one = [torch.randint(200, 150000, (128,), generator=torch.Generator().manual_seed(0)).tolist()]
-    ms = decode_ms(model, precision, one, 8, 128, clock)
+    ms = decode_ms(model, precision, one, 8, 128, clock, cuda_graphs=args.graphs)
     table.append(("decoding step, Qwen2.5-0.5B-shaped, 8 rows", f"{ms:.2f} ms"))
     prompts = [torch.randint(200, 150000, (128,), generator=torch.Generator().manual_seed(i)).tolist() for i in range(8)]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    phases = grpo_phases(model, ref, optimizer, precision, prompts, 8, args.qwen_new_tokens, args.steps, clock)
+    phases = grpo_phases(model, ref, optimizer, precision, prompts, 8, args.qwen_new_tokens, args.steps, clock,
+                         graphs=args.graphs)
     peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GiB" if device.type == "cuda" else ""
     text = ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
     table.append((f"GRPO step, Qwen2.5-0.5B-shaped, 8 prompts x 8 x {args.qwen_new_tokens}, beta 0.04", text + peak))
@@ -151,6 +170,8 @@ def main():
     parser.add_argument("--decode-rows", default="8", help="comma-separated batch sizes for the decoding step")
     parser.add_argument("--qwen-shaped", action="store_true", help="also the Qwen2.5-0.5B-shaped model")
     parser.add_argument("--qwen-new-tokens", type=int, default=512)
+    parser.add_argument("--no-cuda-graphs", dest="graphs", action="store_const", const=False, default=None,
+                        help="on a GPU, decode eagerly (the lean step without CUDA graphs)")
     parser.add_argument("--no-trl", action="store_true")
     parser.add_argument("--trl-checkpointing", default="default,off", help="TRL runs: default, on, off (comma-separated)")
     args = parser.parse_args()
@@ -168,7 +189,8 @@ def main():
     B, G, T = args.prompts, args.group_size, args.new_tokens
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     mode = f"weights {precision.weights}, compute {precision.compute}"
-    phases = grpo_phases(model, ref, optimizer, precision, prompts, G, T, args.steps, clock, not args.no_share_prompts)
+    phases = grpo_phases(model, ref, optimizer, precision, prompts, G, T, args.steps, clock, not args.no_share_prompts,
+                         args.graphs)
     print(f"one GRPO step, {args.model}{' (random weights)' * args.random_weights}, {B} prompt(s) x G={G}, "
           f"{T} new tokens, beta 0.04, {mode}, {where} (median of {args.steps}; first step included):")
     for key, value in phases.items():
@@ -176,10 +198,16 @@ def main():
     table = [(f"GRPO step {B} x {G} x {T}, beta 0.04, ours", f"{phases['step']:.2f} s")]
 
     sizes = [int(x) for x in args.decode_rows.split(",")]
+    graphed = device.type == "cuda" and args.graphs is not False
     for rows in sizes:
-        ms = decode_ms(model, precision, prompts[:1], rows, T, clock)
-        table.append((f"decoding step, {rows} rows", f"{ms:.2f} ms"))
+        ms = decode_ms(model, precision, prompts[:1], rows, T, clock, cuda_graphs=args.graphs)
+        table.append((f"decoding step, {rows} rows{', CUDA graphs' * graphed}", f"{ms:.2f} ms"))
         print(f"decoding step, {rows} rows x {T} tokens: {ms:.2f} ms ({rows * 1000 / ms:.0f} tokens/s)", flush=True)
+    if graphed:  # the same lean step launched eagerly, and what one eager step launches
+        eager = decode_ms(model, precision, prompts[:1], sizes[0], T, clock, cuda_graphs=False)
+        kernels = kernels_per_step(model, precision, prompts[:1], sizes[0])
+        print(f"  {sizes[0]} rows, lean step without graphs: {eager:.2f} ms; {kernels} per eager step", flush=True)
+        table.append((f"decoding step, {sizes[0]} rows, lean step launched eagerly", f"{eager:.2f} ms ({kernels})"))
     forward = decode_ms(model, precision, prompts[:1], sizes[0], T, clock, lean=False)
     ids = torch.tensor([prompts[0]] * sizes[0], device=device)
     with torch.no_grad(), precision.autocast():
@@ -192,25 +220,40 @@ def main():
     table.append((f"decoding step, {sizes[0]} rows, through the model's forward / HF generate",
                   f"{forward:.2f} / {hf:.2f} ms"))
     if args.qwen_shaped:
-        qwen_shaped(args, device, clock, table)
+        optional("Qwen2.5-0.5B-shaped model", table, qwen_shaped, args, device, clock, table)
     if not args.no_trl:
-        # one warm-up step more than ours: TRL's first step also builds its dataloader and optimizer
-        trl_dtype = {"auto": "bf16-mixed" if precision.mixed else "float32"}.get(args.dtype, args.dtype)
-        for gc in args.trl_checkpointing.split(","):
-            out = json.loads(run_child("trl_grpo.py", "--model", path, "--prompt", json.dumps(prompt_messages(PROBLEM)),
-                                       "--prompts", str(B), "--group-size", str(G), "--new-tokens", str(T),
-                                       "--steps", str(args.steps + 1), "--gradient-checkpointing", gc,
-                                       "--device", device.type, "--dtype", trl_dtype).strip().splitlines()[-1])
-            step, gen = statistics.median(out["seconds"][1:]), statistics.median(out["generate"][1:])
-            checkpointing = "on" if out["gradient_checkpointing"] else "off"
-            print(f"TRL GRPOTrainer ({trl_dtype}), gradient checkpointing {checkpointing}: step {step:.2f} s "
-                  f"(generate {gen:.2f} s), median of {len(out['seconds']) - 1}; ours {phases['step']:.2f} s = "
-                  f"{phases['step'] / step:.2f} of TRL's time", flush=True)
-            table.append((f"GRPO step vs TRL 1.16 (checkpointing {checkpointing})",
-                          f"ours {phases['step']:.2f} s, TRL {step:.2f} s: {phases['step'] / step:.2f}x TRL's time"))
+        optional("TRL GRPOTrainer", table, trl_rows, args, path, precision, phases, B, G, T, table)
     print(f"\n| figure ({where}, {mode}) | value |\n|---|---|")
     for figure, value in table:
         print(f"| {figure} | {value} |")
+
+
+def optional(name: str, table: list, part, *args) -> None:
+    """Run a part of the benchmark whose failure (out of memory, a package the machine lacks) should
+    not lose the figures already measured: its traceback is printed and the table says it failed."""
+    try:
+        part(*args)
+    except Exception as error:
+        traceback.print_exc()
+        table.append((name, f"FAILED: {type(error).__name__}: {(str(error).strip().splitlines() or [''])[-1]}"))
+
+
+def trl_rows(args, path, precision, phases, B, G, T, table) -> None:
+    """TRL's GRPOTrainer on the same step, one run per --trl-checkpointing setting."""
+    # one warm-up step more than ours: TRL's first step also builds its dataloader and optimizer
+    trl_dtype = {"auto": "bf16-mixed" if precision.mixed else "float32"}.get(args.dtype, args.dtype)
+    for gc in args.trl_checkpointing.split(","):
+        out = json.loads(run_child("trl_grpo.py", "--model", path, "--prompt", json.dumps(prompt_messages(PROBLEM)),
+                                   "--prompts", str(B), "--group-size", str(G), "--new-tokens", str(T),
+                                   "--steps", str(args.steps + 1), "--gradient-checkpointing", gc,
+                                   "--device", precision.device_type, "--dtype", trl_dtype).strip().splitlines()[-1])
+        step, gen = statistics.median(out["seconds"][1:]), statistics.median(out["generate"][1:])
+        checkpointing = "on" if out["gradient_checkpointing"] else "off"
+        print(f"TRL GRPOTrainer ({trl_dtype}), gradient checkpointing {checkpointing}: step {step:.2f} s "
+              f"(generate {gen:.2f} s), median of {len(out['seconds']) - 1}; ours {phases['step']:.2f} s = "
+              f"{phases['step'] / step:.2f} of TRL's time", flush=True)
+        table.append((f"GRPO step vs TRL 1.16 (checkpointing {checkpointing})",
+                      f"ours {phases['step']:.2f} s, TRL {step:.2f} s: {phases['step'] / step:.2f}x TRL's time"))
 
 
 if __name__ == "__main__":
