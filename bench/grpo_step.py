@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import lm.decode  # noqa: E402
 from bench.trl_env import run_child  # noqa: E402
 from common.optim import make_optimizer  # noqa: E402
 from grpo.loss import grpo_loss  # noqa: E402
@@ -172,9 +173,12 @@ def main():
     parser.add_argument("--qwen-new-tokens", type=int, default=512)
     parser.add_argument("--no-cuda-graphs", dest="graphs", action="store_const", const=False, default=None,
                         help="on a GPU, decode eagerly (the lean step without CUDA graphs)")
+    parser.add_argument("--no-compile-decoder", action="store_true",
+                        help="on a GPU, run the lean step's layers uncompiled (lm.decode.COMPILE_ON_CUDA off)")
     parser.add_argument("--no-trl", action="store_true")
     parser.add_argument("--trl-checkpointing", default="default,off", help="TRL runs: default, on, off (comma-separated)")
     args = parser.parse_args()
+    lm.decode.COMPILE_ON_CUDA = not args.no_compile_decoder
     path = str(builtin_model_dir()) if args.model == BUILTIN else args.model
     if args.random_weights:
         path = random_copy(path)
@@ -189,6 +193,8 @@ def main():
     B, G, T = args.prompts, args.group_size, args.new_tokens
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     mode = f"weights {precision.weights}, compute {precision.compute}"
+    if device.type == "cuda":
+        mode += f", lean step {'compiled' if lm.decode.COMPILE_ON_CUDA else 'not compiled'}"
     phases = grpo_phases(model, ref, optimizer, precision, prompts, G, T, args.steps, clock, not args.no_share_prompts,
                          args.graphs)
     print(f"one GRPO step, {args.model}{' (random weights)' * args.random_weights}, {B} prompt(s) x G={G}, "

@@ -46,6 +46,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from lm.logprobs import linear_head
 
 SUPPORTED = ("llama", "qwen2")
+COMPILE_ON_CUDA = True  # compile the layer's two halves on a GPU (see LeanDecoder.__init__)
 _optimizer_steps = 0  # optimizer steps taken in this process, by any optimizer
 
 
@@ -88,10 +89,44 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding in transformers' convention (the two halves of the head dimension)."""
-    x1, x2 = x.chunk(2, -1)
-    return x * cos + torch.cat((-x2, x1), -1) * sin
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x W^T + b, with W prepacked for oneDNN (an mkldnn tensor, on a CPU) or plain."""
+    if weight.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+def plus_linear(h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """h + x W^T + b: the residual added inside the product (addmm: one kernel on a GPU) where W is plain."""
+    if weight.is_mkldnn:
+        return h + linear(x, weight, bias)
+    out = torch.addmm(h, x, weight.t())
+    return out if bias is None else out + bias
+
+
+def attention_inputs(h, norm, w_qkv, b_qkv, cos, sin, eps: float, heads: int, kv_heads: int):
+    """The first half of a layer up to attention: h (n, H) -> q (n, Hkv, G, D) by their kv head and
+    k, v (n, Hkv, 1, D), q and k rotated. `sin` has its first half negated (see `rotary_tables`)."""
+    n, D = h.shape[0], cos.shape[-1]
+    x = linear(rms_norm(h, norm, eps), w_qkv, b_qkv)                               # (n, (Hq + 2 Hkv) D)
+    qk = x[:, :(heads + kv_heads) * D].view(n, heads + kv_heads, D)
+    qk = torch.addcmul(qk * cos, qk.roll(D // 2, -1), sin)                        # q and k rotated at once
+    q = qk[:, :heads].view(n, kv_heads, heads // kv_heads, D)
+    return q, qk[:, heads:].view(n, kv_heads, 1, D), x[:, (heads + kv_heads) * D:].view(n, kv_heads, 1, D)
+
+
+def attention_out_and_mlp(h, out, w_o, b_o, norm, w_gate_up, b_gate_up, w_down, b_down, eps: float):
+    """The rest of a layer: h + attention output @ Wo, then h + (silu(g) * u) @ Wdown."""
+    h = plus_linear(h, out.reshape(h.shape[0], -1), w_o, b_o)
+    gate, up = linear(rms_norm(h, norm, eps), w_gate_up, b_gate_up).chunk(2, -1)
+    return plus_linear(h, F.silu(gate).mul_(up), w_down, b_down)
+
+
+def rotary_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' rotation x cos + cat(-x2, x1) sin, written as x cos + roll(x, D/2) sin' with
+    sin' = cat(-sin1, sin2): a roll instead of a negation and a concatenation, for q and k at once."""
+    half = sin.shape[-1] // 2
+    return cos, torch.cat((-sin[..., :half], sin[..., half:]), -1)
 
 
 def weight_of(layer) -> torch.Tensor:
@@ -107,13 +142,13 @@ def weight_of(layer) -> torch.Tensor:
 
 
 class Linear:
-    """y = x W^T + b with W prepacked for oneDNN on a CPU (float32), else a plain `F.linear`."""
+    """The weights (W, b) of y = x W^T + b, W prepacked for oneDNN on a CPU (float32)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int):
-        self.weight, self.bias, self.packed, self.rows = weight, bias, False, rows
+        self.weight, self.bias, self.rows = weight, bias, rows
         if weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available():
             try:
-                self.weight, self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows), True
+                self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
             except (RuntimeError, AttributeError):  # a build without the op: stay with MKL
                 pass
 
@@ -122,15 +157,10 @@ class Linear:
         weight = torch.cat([weight_of(layer) for layer in layers])
         if self.bias is not None:
             self.bias.copy_(torch.cat([layer.bias.detach() for layer in layers]))
-        if self.packed:
+        if self.weight.is_mkldnn:
             self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, self.rows)
         else:
             self.weight.copy_(weight)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
 
 
 def fused(*layers: torch.nn.Linear, rows: int, dtype: torch.dtype) -> Linear:
@@ -159,7 +189,7 @@ class LeanDecoder:
                 and not getattr(config, "use_sliding_window", False) and linear_head(model) is not None)
 
     @torch.no_grad()
-    def __init__(self, model, rows: int = 8):
+    def __init__(self, model, rows: int = 8, compile: bool | None = None):
         config = model.config
         self.model, self.body, self.rows = model, model.base_model, rows
         # the weight copies are in the compute dtype: under autocast (float32 master weights, bfloat16
@@ -171,6 +201,11 @@ class LeanDecoder:
         self.eps = config.rms_norm_eps
         self.layers = [dict(scale=layer.self_attn.scaling) for layer in self.body.layers]
         self.top = {}  # the final norm and the output layer
+        # On a GPU the two halves of a layer are compiled (torch.compile fuses their elementwise work into
+        # a few kernels: a captured step is as fast as it launches few kernels); COMPILE_ON_CUDA says
+        self.compiled = (self.device_type == "cuda" and COMPILE_ON_CUDA) if compile is None else compile
+        halves = (attention_inputs, attention_out_and_mlp)
+        self.first_half, self.second_half = (torch.compile(f, dynamic=None) for f in halves) if self.compiled else halves
         self.refresh()
 
     def sources(self):
@@ -220,25 +255,25 @@ class LeanDecoder:
             return self._step(tokens, position, cache, column, rows, window)
 
     def _step(self, tokens, position, cache, column, n, window):
-        Hq, Hkv, D = self.heads, self.kv_heads, self.head_dim
         W = window or cache.capacity
         h = self.body.embed_tokens(tokens).to(self.dtype)                             # (n, H)
-        cos, sin = (c[:, None] for c in self.body.rotary_emb(h, position[:, None]))   # (n, 1, 1, D)
+        cos, sin = rotary_tables(*self.body.rotary_emb(h, position[:, None]))        # (n, 1, D)
         valid = cache.valid[:n]
         valid.index_fill_(1, column.view(1), True)
         mask = torch.zeros((n, W), dtype=h.dtype, device=h.device).masked_fill_(~valid[:, :W], float("-inf"))
         mask = mask[:, None, None]                                                    # (n, 1, 1, W)
         for layer, keys, values in zip(self.layers, cache.keys, cache.values):
-            q, k, v = layer["qkv"](rms_norm(h, layer["norm1"], self.eps)).split([Hq * D, Hkv * D, Hkv * D], -1)
-            q = rotate(q.view(n, Hkv, Hq // Hkv, D), cos, sin)   # (n, Hkv, G, D): query heads by their kv head
-            keys[:n].index_copy_(2, column.view(1), rotate(k.view(n, Hkv, 1, D), cos, sin))
-            values[:n].index_copy_(2, column.view(1), v.view(n, Hkv, 1, D))
+            qkv, o, gate_up, down = layer["qkv"], layer["o"], layer["gate_up"], layer["down"]
+            q, k, v = self.first_half(h, layer["norm1"], qkv.weight, qkv.bias, cos, sin, self.eps, self.heads,
+                                      self.kv_heads)
+            keys[:n].index_copy_(2, column.view(1), k)
+            values[:n].index_copy_(2, column.view(1), v)
             out = F.scaled_dot_product_attention(q, keys[:n, :, :W], values[:n, :, :W], attn_mask=mask,
                                                  scale=layer["scale"])                 # (n, Hkv, G, D)
-            h = h + layer["o"](out.reshape(n, Hq * D))
-            gate, up = layer["gate_up"](rms_norm(h, layer["norm2"], self.eps)).chunk(2, -1)
-            h = h + layer["down"](F.silu(gate).mul_(up))
-        return self.top["head"](rms_norm(h, self.top["final_norm"], self.eps))        # (n, V)
+            h = self.second_half(h, out, o.weight, o.bias, layer["norm2"], gate_up.weight, gate_up.bias,
+                                 down.weight, down.bias, self.eps)
+        head = self.top["head"]
+        return linear(rms_norm(h, self.top["final_norm"], self.eps), head.weight, head.bias)   # (n, V)
 
     def new_cache(self, rows: int, capacity: int) -> StaticCache:
         return StaticCache(len(self.layers), rows, self.kv_heads, capacity, self.head_dim, self.dtype,

@@ -7,6 +7,7 @@ graphs read it by address):
     rows (N,)        the completion each row holds (running rows are moved into a prefix)
     tokens (N,)      the token the next step feeds;  position (N,): its position
     finished (N,)    the row has drawn its EOS;      keys (N,): its random key (lm/draw.py)
+    uniforms (N, T)  the random numbers its tokens are drawn with, computed from its key at the start
     t ()             the index of the token the next step draws;  base (): the prompt width P
     out_ids (N, T), out_logp (N, T)   what each completion drew and its log-prob (pad and 0 after EOS)
 One step, for the first n rows (no value goes back to the host, so the step can be captured):
@@ -49,12 +50,13 @@ class Rollout:
                                                                                         device=device)
         self.out_ids = torch.zeros((N, T), dtype=torch.int64, device=device)
         self.out_logp = torch.zeros((N, T), dtype=torch.float32, device=device)
+        self.uniforms = torch.zeros((N, T), dtype=torch.float64, device=device)  # row i's draw of token t
         self.captured: dict = {}          # (rows, sampling settings) -> torch.cuda.CUDAGraph
         self.pool = torch.cuda.graph_pool_handle() if graphs else None
 
     def per_row(self) -> list[torch.Tensor]:
         """The state tensors with one entry per row (what compaction moves)."""
-        return [self.rows, self.tokens, self.position, self.finished, self.keys, *self.cache.buffers()]
+        return [self.rows, self.tokens, self.position, self.finished, self.keys, self.uniforms, *self.cache.buffers()]
 
     def state(self) -> list[torch.Tensor]:
         return [*self.per_row(), self.t, self.base, self.out_ids, self.out_logp]
@@ -66,6 +68,7 @@ class Rollout:
         self.cache.load(prefill_layers, prompt_mask, row_of)
         self.rows.copy_(torch.arange(N, device=self.rows.device))
         self.keys.copy_(keys)
+        self.uniforms.copy_(drawing.uniform(keys[:, None], torch.arange(self.T, device=keys.device)))
         self.out_ids.fill_(pad_id)
         self.out_logp.zero_()
         self.out_ids[:, 0], self.out_logp[:, 0] = first_token, first_logp
@@ -78,7 +81,8 @@ class Rollout:
     def step(self, decoder, n: int, settings: tuple, window: int | None) -> None:
         temperature, top_k, top_p, eos_id, pad_id = settings
         logits = decoder.step(self.tokens[:n], self.position[:n], self.cache, self.base + self.t - 1, n, window)
-        token, logp = drawing.draw(logits, self.keys[:n], self.t, temperature, top_k, top_p)   # (n,), (n,)
+        u = self.uniforms[:n].index_select(1, self.t.view(1))                                  # (n, 1)
+        token, logp = drawing.draw(logits, self.keys[:n], self.t, temperature, top_k, top_p, u)  # (n,), (n,)
         finished = self.finished[:n]
         token = torch.where(finished, pad_id, token)
         logp = logp.masked_fill(finished, 0.0)
