@@ -67,7 +67,7 @@ def sizes(quick: bool) -> dict:
     # minutes bound the sampling stages (steps are an upper bound); SFT 1 and 2 are the 80-step cold
     # start of `make demo`, the length at which GRPO finds signal at level 3 (README)
     return dict(zero_minutes=4, zero_steps=100, zero_tokens=96, worked=1000, prompted=16, sft_steps=80,
-                grpo_steps=500, grpo_minutes=17, group=8, prompts=8, rejection_prompts=300, distill_minutes=6,
+                grpo_steps=500, grpo_minutes=12, group=8, prompts=8, rejection_prompts=300, distill_minutes=9,
                 distill_steps=1000, student_layers="greedy:20", eval_problems=None, tokens=128, max_length=512,
                 accumulation=4)
 
