@@ -78,12 +78,13 @@ def kept_logits(logits: torch.Tensor, targets: torch.Tensor, top_k: int = 0, top
     return logits.masked_fill(~keep, float("-inf"))
 
 
-def draw(logits: torch.Tensor, keys: torch.Tensor, t: torch.Tensor | int, temperature: float,
+def draw(logits: torch.Tensor, keys: torch.Tensor | None, t: torch.Tensor | int, temperature: float,
          top_k: int = 0, top_p: float = 1.0, u: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, V) logits -> (n,) tokens and (n,) their log-probs under the distribution drawn from
     (float32): softmax(filter(logits / temperature)). temperature 0 is greedy (log-probs of the
     untempered softmax). `u`: the (n, 1) uniforms `uniform(keys, t)`, where the caller has them
-    already (the decoding loop computes a rollout's at its start: ~40 small kernels a step fewer).
+    already (then `keys` may be None; the decoding loop computes a rollout's at its start: ~40 small
+    kernels a step fewer).
     No host sync: usable inside a CUDA graph."""
     if temperature == 0:
         logprobs = logits.float().log_softmax(-1)

@@ -6,13 +6,13 @@ State, on the device, allocated once per rollout shape (and kept between calls o
 graphs read it by address):
     rows (N,)        the completion each row holds (running rows are moved into a prefix)
     tokens (N,)      the token the next step feeds;  position (N,): its position
-    finished (N,)    the row has drawn its EOS;      keys (N,): its random key (lm/draw.py)
-    uniforms (N, T)  the random numbers its tokens are drawn with, computed from its key at the start
+    finished (N,)    the row has drawn its EOS
+    uniforms (N, T)  the random numbers its tokens are drawn with, from its key (lm/draw.py) at the start
     t ()             the index of the token the next step draws;  base (): the prompt width P
     out_ids (N, T), out_logp (N, T)   what each completion drew and its log-prob (pad and 0 after EOS)
 One step, for the first n rows (no value goes back to the host, so the step can be captured):
     logits = decoder.step(tokens, position, cache, column = base + t - 1)          (n, V)
-    token, logp = draw(logits, keys, t); finished rows get pad and 0
+    token, logp = draw(logits, uniforms[:, t]); finished rows get pad and 0
     out_ids[rows, t] = token; finished |= token == eos; tokens = token; position += 1; t += 1
 Every `check_every` steps the host asks how many rows still run (on a GPU through a non-blocking
 copy that it reads at the next check, so it never waits for the GPU): none ends the loop; few enough
@@ -45,7 +45,7 @@ class Rollout:
         self.cache = decoder.new_cache(N, capacity)
         zeros = lambda dtype: torch.zeros(N, dtype=dtype, device=device)
         self.rows, self.tokens, self.position = zeros(torch.int64), zeros(torch.int64), zeros(torch.int64)
-        self.finished, self.keys = zeros(torch.bool), zeros(torch.int64)
+        self.finished = zeros(torch.bool)
         self.t, self.base = torch.zeros((), dtype=torch.int64, device=device), torch.zeros((), dtype=torch.int64,
                                                                                         device=device)
         self.out_ids = torch.zeros((N, T), dtype=torch.int64, device=device)
@@ -56,7 +56,7 @@ class Rollout:
 
     def per_row(self) -> list[torch.Tensor]:
         """The state tensors with one entry per row (what compaction moves)."""
-        return [self.rows, self.tokens, self.position, self.finished, self.keys, self.uniforms, *self.cache.buffers()]
+        return [self.rows, self.tokens, self.position, self.finished, self.uniforms, *self.cache.buffers()]
 
     def state(self) -> list[torch.Tensor]:
         return [*self.per_row(), self.t, self.base, self.out_ids, self.out_logp]
@@ -67,7 +67,6 @@ class Rollout:
         N = len(row_of)
         self.cache.load(prefill_layers, prompt_mask, row_of)
         self.rows.copy_(torch.arange(N, device=self.rows.device))
-        self.keys.copy_(keys)
         self.uniforms.copy_(drawing.uniform(keys[:, None], torch.arange(self.T, device=keys.device)))
         self.out_ids.fill_(pad_id)
         self.out_logp.zero_()
@@ -82,7 +81,7 @@ class Rollout:
         temperature, top_k, top_p, eos_id, pad_id = settings
         logits = decoder.step(self.tokens[:n], self.position[:n], self.cache, self.base + self.t - 1, n, window)
         u = self.uniforms[:n].index_select(1, self.t.view(1))                                  # (n, 1)
-        token, logp = drawing.draw(logits, self.keys[:n], self.t, temperature, top_k, top_p, u)  # (n,), (n,)
+        token, logp = drawing.draw(logits, None, self.t, temperature, top_k, top_p, u)  # (n,), (n,)
         finished = self.finished[:n]
         token = torch.where(finished, pad_id, token)
         logp = logp.masked_fill(finished, 0.0)
