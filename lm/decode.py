@@ -212,7 +212,7 @@ class LeanDecoder:
         self.layers = [dict(scale=layer.self_attn.scaling) for layer in self.body.layers]
         self.top = {}  # the final norm and the output layer
         # On a GPU the two halves of a layer are compiled (torch.compile fuses their elementwise work into
-        # a few kernels: a captured step is as fast as it launches few kernels); COMPILE_ON_CUDA says
+        # a few kernels: a captured step costs what it launches); COMPILE_ON_CUDA = False turns it off
         self.compiled = (self.device_type == "cuda" and COMPILE_ON_CUDA) if compile is None else compile
         halves = (attention_inputs, attention_out_and_mlp)
         self.first_half, self.second_half = (torch.compile(f, dynamic=None) for f in halves) if self.compiled else halves
