@@ -8,7 +8,9 @@
                    language-consistency reward and dynamic sampling (groups without signal resampled)
     5 rejection    rejection sampling from the GRPO model on GRPO's prompts (best answer per prompt,
                    right and well formatted)
-    6 sft2         SFT stage 2 of the base model on the kept answers plus as many cold-start rows
+    6 sft2         SFT stage 2 on the kept answers plus as many cold-start rows, from the GRPO model
+                   (rejection-sampling fine-tuning; `--sft2-from base` starts it from the base model, as
+                   the R1 paper does)
     7 distill      logit distillation of the stage-6 model into a student with two thirds of its layers
                    (chosen greedily, distill/student.py), and the same student trained by SFT alone on
                    the same data for the same minutes: the twin it must beat
@@ -48,15 +50,21 @@ ZERO_REWARDS = TUTORIAL_REWARDS + ["tag_count"]
 
 @dataclass
 class PipelineConfig:
-    model: str = arg("smollm2-135m", "the base model every stage starts from")
+    model: str = arg("smollm2-135m", "the base model: R1-Zero and SFT 1 start from it (and SFT 2, --sft2-from base)")
     output_dir: str = arg("runs/pipeline", "one folder per stage below this, and report.md")
     quick: bool = arg(False, "a couple of steps per stage: checks the plumbing in minutes")
     resume: bool = arg(False, "skip the stages whose stage.json exists")
     rejection_min_score: float = arg(2.0, "lowest accuracy + format score a rejection-sampled answer may have")
+    sft2_from: str = arg("grpo", "where SFT 2 starts: grpo (the model whose answers it learns, lr 2e-5) or base "
+                                 "(the R1 paper's choice, lr 1e-4 as SFT 1)")
     eval_problems: int = arg(200, "held-out problems (GRPO's level, test split) for the final table")
     eval_samples: int = arg(2, "completions per held-out problem, at the training temperature")
     greedy_column: bool = arg(False, "also evaluate every model greedily (one more column; adds ~40% to the eval)")
     seed: int = arg(0, "seed for every stage")
+
+    def __post_init__(self):
+        if self.sft2_from not in ("grpo", "base"):
+            raise ValueError(f"--sft2-from {self.sft2_from!r}: choose grpo or base")
 
 
 def sizes(quick: bool) -> dict:
@@ -112,10 +120,19 @@ def main(config: PipelineConfig) -> dict:
         (folder / "counts.json").write_text(json.dumps(counts, indent=2))
         return {"model": config.model, "data": str(folder / "cold_start.jsonl"), "counts": counts}
 
-    def sft(folder, dataset):
-        sft_main(SFTConfig(model=config.model, dataset=dataset, train_examples=100_000, max_steps=n["sft_steps"],
-                           save_every=n["sft_steps"], output_dir=str(folder), **sft_common))
-        return {"model": str(ckpt.latest_checkpoint(folder)), "tokens": tokens_trained(folder)}
+    def sft(folder, dataset, start=config.model, **kw):
+        sft_main(SFTConfig(model=start, dataset=dataset, train_examples=100_000, max_steps=n["sft_steps"],
+                           save_every=n["sft_steps"], output_dir=str(folder), **{**sft_common, **kw}))
+        return {"model": str(ckpt.latest_checkpoint(folder)), "tokens": tokens_trained(folder), "start": start}
+
+    def sft2(folder):
+        # from the GRPO model, SFT 2 is rejection-sampling fine-tuning of the model on its own best answers
+        # (session 10, on session 9's stages 1-5: 0.415 vs SFT 1 0.287 and GRPO 0.330, where SFT 2 from
+        # the base model got 0.275); its answers already have low loss there, so a gentle 2e-5, GRPO's rate
+        data = stage_json("5-rejection")["data"]
+        if config.sft2_from == "grpo":
+            return sft(folder, data, start=stage_json("4-grpo2")["model"], learning_rate=2e-5)
+        return sft(folder, data)
 
     def grpo2(folder):  # level 3: the SFT model is right about a quarter of the time there, at level 4 seldom
         grpo_main(GRPOConfig(model=stage_json("3-sft1")["model"], dataset="arithmetic:3",
@@ -174,7 +191,7 @@ def main(config: PipelineConfig) -> dict:
 
     stages = [("1-r1-zero", r1_zero), ("2-cold-start", cold_start),
               ("3-sft1", lambda f: sft(f, stage_json("2-cold-start")["data"])), ("4-grpo2", grpo2),
-              ("5-rejection", rejection), ("6-sft2", lambda f: sft(f, stage_json("5-rejection")["data"])),
+              ("5-rejection", rejection), ("6-sft2", sft2),
               ("7-distill", distill), ("8-eval", evaluation)]
     STAGE_NAMES = [name for name, _ in stages]
 

@@ -17,12 +17,20 @@ from common.runlog import read_jsonl
 from evaluation import evaluate, paired, per_problem_accuracy
 from lm import load_model
 
-# (trained, measured against, why): each trained stage against the model it must beat
-COMPARISONS = [("1-r1-zero", "0-base", "R1-Zero: GRPO from the base model"),
-               ("4-grpo2", "3-sft1", "GRPO, from SFT 1"),
-               ("6-sft2", "3-sft1", "SFT 2 (rejection-sampled data) vs SFT 1 (cold start), both from the base model"),
-               ("6-sft2", "4-grpo2", "SFT 2 vs the GRPO model whose answers it learned"),
-               ("7-distill", "7-sft-only-twin", "distilled student vs the same student trained by SFT alone")]
+
+def stage_comparisons(stages: dict) -> list[tuple[str, str, str]]:
+    """(trained, measured against, why): each trained stage against the model it must beat. SFT 2
+    starts from the GRPO model (the pipeline's default) or, as in the R1 paper, from the base model."""
+    start, grpo = stages.get("6-sft2", {}).get("start"), stages.get("4-grpo2", {}).get("model")
+    from_grpo = start is not None and start == grpo
+    sft2 = ("SFT 2 (rejection-sampled data, from the GRPO model) vs SFT 1 (cold start)" if from_grpo else
+            "SFT 2 (rejection-sampled data) vs SFT 1 (cold start), both from the base model")
+    return [("1-r1-zero", "0-base", "R1-Zero: GRPO from the base model"),
+            ("4-grpo2", "3-sft1", "GRPO, from SFT 1"),
+            ("6-sft2", "3-sft1", sft2),
+            ("6-sft2", "4-grpo2", "SFT 2 vs the GRPO model " + ("it started from, " if from_grpo else "")
+             + "whose answers it learned"),
+            ("7-distill", "7-sft-only-twin", "distilled student vs the same student trained by SFT alone")]
 
 
 def tokens_trained(folder: Path) -> int:
@@ -88,7 +96,7 @@ def write_report(out: Path, folder: Path, models: list[tuple[str, str]], stages:
               "| comparison | " + " | ".join(f"{r['name']}: difference (95% CI) | gained / lost | p"
                                            for r in runs) + " |", "|---|" + "---|---|---|" * len(runs)]
     comparisons = {}
-    for trained, baseline, what in COMPARISONS:
+    for trained, baseline, what in stage_comparisons(stages):
         cells = []
         for r in runs:
             c = paired(results[baseline][r["name"]]["per_problem"], results[trained][r["name"]]["per_problem"])
@@ -105,7 +113,8 @@ def write_report(out: Path, folder: Path, models: list[tuple[str, str]], stages:
     if "kept" in stages.get("5-rejection", {}):
         lines += ["", f"Rejection sampling kept the best answer of {stages['5-rejection']['kept']} of "
                       f"{stages['5-rejection'].get('prompts', '?')} GRPO prompts (4 samples each at T=1; kept: right "
-                      "and well formatted); SFT 2 trained on those plus as many cold-start rows."]
+                      "and well formatted); SFT 2 trained on those plus as many cold-start rows, starting from "
+                      f"{stages.get('6-sft2', {}).get('start', 'the base model')}."]
     zero = dict(stages.get("1-r1-zero", {}).get("rewards", {}))
     if zero:
         lines += ["", "## R1-Zero", "", f"{zero.pop('steps')} GRPO steps from the base model; each reward's mean over "

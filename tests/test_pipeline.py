@@ -7,6 +7,8 @@ import pytest
 
 from conftest import ROOT
 from recipe.coldstart import refine, verdict
+from recipe.pipeline import PipelineConfig
+from recipe.report import stage_comparisons
 
 STAGES = ["1-r1-zero", "2-cold-start", "3-sft1", "4-grpo2", "5-rejection", "6-sft2", "7-distill", "8-eval"]
 
@@ -32,6 +34,11 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     assert json.loads((tmp_path / "7-distill" / "config.json").read_text())["teacher"].startswith(str(tmp_path / "6-sft2"))
     # the GRPO stage resamples groups without signal (DAPO's dynamic sampling), as README's pipeline section says
     assert json.loads((tmp_path / "4-grpo2" / "config.json").read_text())["dynamic_sampling"] is True
+    # SFT 2 starts from the GRPO model (rejection-sampling fine-tuning) at GRPO's gentle rate, on stage 5's data
+    sft2 = json.loads((tmp_path / "6-sft2" / "config.json").read_text())
+    grpo_model = json.loads((tmp_path / "4-grpo2" / "stage.json").read_text())["model"]
+    assert sft2["model"] == grpo_model and sft2["learning_rate"] == 2e-5
+    assert sft2["dataset"].endswith("sft2_data.jsonl")
     # the SFT-only twin: the student's layers, the same data, alpha 0
     twin = json.loads((tmp_path / "7-sft-only-twin" / "config.json").read_text())
     student = json.loads((tmp_path / "7-distill" / "config.json").read_text())
@@ -49,6 +56,7 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
         diff = [b - a for a, b in zip(per[baseline]["T=1"]["per_problem"], per[trained]["T=1"]["per_problem"])]
         assert c["diff"] == pytest.approx(sum(diff) / len(diff)) and c["gained"] == sum(d > 0 for d in diff)
     assert "What each stage bought" in report and "| 7-sft-only-twin |" in report and "## R1-Zero" in report
+    assert "| SFT 2 (rejection-sampled data, from the GRPO model) vs SFT 1 (cold start) |" in report
     assert "| reward/tag_count |" in report
 
     # an unfinished training stage (its checkpoints there, no stage.json) is re-run afresh in its folder
@@ -74,3 +82,16 @@ def test_refinement_and_filters_by_hand():
     assert verdict(refine(raw), "\\boxed{5}") == "kept"
     assert verdict(refine(raw), "\\boxed{6}") == "wrong_answer"
     assert verdict("5", "\\boxed{5}") == "bad_format"
+
+
+def test_the_report_says_where_sft2_started_and_a_bad_start_is_one_line():
+    grpo = {"model": "runs/p/4-grpo2/checkpoint-8"}
+    labels = lambda sft2: {(a, b): what for a, b, what in stage_comparisons({"4-grpo2": grpo, "6-sft2": sft2})}
+    from_grpo, from_base = labels({"start": grpo["model"]}), labels({"start": "smollm2-135m"})
+    assert from_grpo[("6-sft2", "3-sft1")] == "SFT 2 (rejection-sampled data, from the GRPO model) vs SFT 1 (cold start)"
+    assert from_grpo[("6-sft2", "4-grpo2")] == "SFT 2 vs the GRPO model it started from, whose answers it learned"
+    assert from_base[("6-sft2", "3-sft1")].endswith("both from the base model")
+    assert from_base[("6-sft2", "4-grpo2")] == "SFT 2 vs the GRPO model whose answers it learned"
+    assert labels({}) == from_base  # a run from before SFT 2 recorded its start: the base model, as then
+    with pytest.raises(ValueError, match=r"^--sft2-from 'grpo2': choose grpo or base$"):
+        PipelineConfig(sft2_from="grpo2")
