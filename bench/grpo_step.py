@@ -23,7 +23,9 @@ A table of the figures closes the output.
 suppressed), so a machine that has only the config and tokenizer (bench/gpu_check.sh) can run it.
 """
 import argparse
+import atexit
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -60,6 +62,7 @@ def random_copy(model_dir: str) -> str:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=torch.float32)
     out = tempfile.mkdtemp(prefix="random-weights-")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)  # half a GB a run otherwise stays in /tmp
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
     return out
