@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation import evaluate, paired, per_problem_accuracy  # noqa: E402
 from lm import load_model  # noqa: E402
+from recipe.pipeline import sizes  # noqa: E402
 from sft.train import SFTConfig  # noqa: E402
 from sft.train import main as sft_main  # noqa: E402
 from tasks import load_math  # noqa: E402
@@ -40,16 +41,17 @@ def main() -> None:
     records = json.loads((run / "8-eval" / "results.json").read_text())["models"]
     start = time.perf_counter()
     # the pipeline's SFT 2 config (recipe/pipeline.py) but for the start, the data and the rate
+    n = sizes(quick=False)
     sft_main(SFTConfig(model=args.start, dataset=args.data, train_examples=100_000, max_steps=args.steps,
-                       save_every=min(evals), keep_checkpoints=len(evals) + 1, output_dir=str(out), max_length=512,
-                       gradient_accumulation_steps=4, learning_rate=args.learning_rate, warmup_ratio=0.1,
-                       eval_every=-1, seed=0, overwrite=True))
+                       save_every=min(evals), keep_checkpoints=len(evals) + 1, output_dir=str(out),
+                       max_length=n["max_length"], gradient_accumulation_steps=n["accumulation"],
+                       learning_rate=args.learning_rate, warmup_ratio=0.1, eval_every=-1, seed=0, overwrite=True))
     print(f"{args.name}: trained in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     rows = load_math("arithmetic:3", "test", len(records["3-sft1"]["T=1"]["per_problem"]), seed=0)
     for step in evals:
         model, tok = load_model(str(out / f"checkpoint-{step}"))
         metrics, got = evaluate(model, tok, rows, samples_per_problem=records["3-sft1"]["T=1"]["samples_per_problem"],
-                                temperature=1.0, max_new_tokens=128, seed=0, progress=False)
+                                temperature=1.0, max_new_tokens=n["tokens"], seed=0, progress=False)
         line = {"variant": args.name, "step": step, "acc": metrics["accuracy"], "fmt": metrics["format_rate"]}
         for baseline in ("3-sft1", "4-grpo2", "6-sft2"):
             c = paired(records[baseline]["T=1"]["per_problem"], per_problem_accuracy(got))

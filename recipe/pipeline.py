@@ -128,10 +128,10 @@ def main(config: PipelineConfig) -> dict:
     def sft2(folder):
         # from the GRPO model, SFT 2 is rejection-sampling fine-tuning of the model on its own best answers
         # (session 10, on session 9's stages 1-5: 0.415 vs SFT 1 0.287 and GRPO 0.330, where SFT 2 from
-        # the base model got 0.275); its answers already have low loss there, so a gentle 2e-5, GRPO's rate
+        # the base model got 0.275); its answers already have low loss there, so GRPO's gentle rate
         data = stage_json("5-rejection")["data"]
         if config.sft2_from == "grpo":
-            return sft(folder, data, start=stage_json("4-grpo2")["model"], learning_rate=2e-5)
+            return sft(folder, data, start=stage_json("4-grpo2")["model"], learning_rate=grpo_common["learning_rate"])
         return sft(folder, data)
 
     def grpo2(folder):  # level 3: the SFT model is right about a quarter of the time there, at level 4 seldom
