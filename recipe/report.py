@@ -3,6 +3,8 @@
     held-out rows (GRPO's level, test split: never trained on)
       -> each model: `samples` completions per problem at the training temperature (and greedy, when
          asked), scored with the eval rewards                                   (evaluation/)
+         each model's results saved in 8-eval/models/ as it finishes, reused when its weights and the
+         settings are the same (a crash or a --resume redoes only what changed)
       -> per model: accuracy with its 95% interval, format rate, mean length
       -> per comparison, on the same problems (evaluation.paired): the mean per-problem difference,
          its 95% interval, problems gained / lost, the sign test
@@ -52,27 +54,61 @@ def first_and_last(folder: Path, keys: list[str]) -> dict:
     return {k: (mean(metrics[:quarter], k), mean(metrics[-quarter:], k)) for k in keys} | {"steps": len(metrics)}
 
 
-def evaluate_all(models: list[tuple[str, str]], rows: list[dict], runs: list[dict], tokens: int, seed: int) -> dict:
-    """{model name: {run name: metrics with per-problem accuracies}}."""
-    results = {}
+def weights_stamp(path: str) -> list:
+    """What identifies a model's weights without reading them: a built-in name as it is, a checkpoint
+    folder by its files' names, sizes and modification times (a stage re-run rewrites them)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return [path]
+    return [path] + sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in folder.iterdir() if f.is_file())
+
+
+def evaluate_all(models: list[tuple[str, str]], rows: list[dict], runs: list[dict], tokens: int, seed: int,
+                 cache: Path | None = None, progress=print) -> tuple[dict, dict]:
+    """({model name: {run name: metrics with per-problem accuracies}}, {model name: seconds, loading
+    included}). With `cache` (a folder), each model's results are written there as soon as it is done,
+    with what they were measured on (weights, problems, runs, tokens, seed); a later call with the same
+    reuses them, so an evaluation that dies (or a `--resume` after one stage is re-run) redoes only
+    what changed."""
+    results, seconds = {}, {}
     for name, path in models:
+        key = {"weights": weights_stamp(path), "rows": [r["problem"] for r in rows], "runs": runs,
+               "tokens": tokens, "seed": seed}
+        saved = cache / f"{name}.json" if cache else None
+        if saved and saved.exists():
+            try:
+                found = json.loads(saved.read_text())
+            except json.JSONDecodeError:  # a write cut short: measure again
+                found = {}
+            if found.get("key") == key:
+                progress(f"eval: {name}: reused from {saved}")
+                results[name], seconds[name] = found["results"], found["seconds"]
+                continue
+        start = time.perf_counter()
         model, tok = load_model(path)
         results[name] = {}
         for run in runs:
             metrics, records = evaluate(model, tok, rows, samples_per_problem=run["samples"],
                                         temperature=run["temperature"], max_new_tokens=tokens, seed=seed)
             results[name][run["name"]] = {**metrics, "per_problem": per_problem_accuracy(records)}
-    return results
+        seconds[name] = time.perf_counter() - start
+        if saved:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            partial = saved.with_suffix(".part")
+            partial.write_text(json.dumps({"key": key, "results": results[name], "seconds": seconds[name]}))
+            partial.replace(saved)
+        del model
+    return results, seconds
 
 
 def write_report(out: Path, folder: Path, models: list[tuple[str, str]], stages: dict, rows: list[dict],
                  runs: list[dict], tokens: int, seed: int, stage_seconds: float) -> dict:
-    """Evaluate, compare, and write out/report.md and folder/results.json; returns the results.
+    """Evaluate (each model's results kept in folder/models as it finishes), compare, and write
+    out/report.md and folder/results.json; returns the results.
     `stages`: per model name, its stage's seconds, tokens (and R1-Zero's rewards, the student's layers,
     the cold-start counts); `stage_seconds`: stages 1-7 in all."""
-    start = time.perf_counter()
-    results = evaluate_all(models, rows, runs, tokens, seed)
-    eval_seconds = time.perf_counter() - start
+    results, model_seconds = evaluate_all(models, rows, runs, tokens, seed, cache=folder / "models")
+    eval_seconds = sum(model_seconds.values())  # a reused model's time is the one it took when measured
     main_run, level = runs[0]["name"], rows[0].get("level", "")
     lines = ["# R1 pipeline report", "",
              f"Held-out: {len(rows)} problems of the GRPO stage's distribution (arithmetic level {level}, test "
@@ -130,6 +166,7 @@ def write_report(out: Path, folder: Path, models: list[tuple[str, str]], stages:
         lines += ["", "Cold-start data kept and dropped, by method:", "", "```", json.dumps(counts, indent=1), "```"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (folder / "results.json").write_text(json.dumps({"models": results, "comparisons": comparisons,
-                                                     "eval_seconds": eval_seconds}))
+                                                     "eval_seconds": eval_seconds,
+                                                     "model_seconds": model_seconds}))
     return {name: {r: {k: v for k, v in m.items() if k != "per_problem"} for r, m in runs_.items()}
             for name, runs_ in results.items()}

@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 from recipe.coldstart import refine, verdict
 from recipe.pipeline import PipelineConfig
-from recipe.report import stage_comparisons
+from recipe.report import evaluate_all, stage_comparisons, weights_stamp
 
 STAGES = ["1-r1-zero", "2-cold-start", "3-sft1", "4-grpo2", "5-rejection", "6-sft2", "7-distill", "8-eval"]
 
@@ -59,13 +59,21 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     assert "| SFT 2 (rejection-sampled data, from the GRPO model) vs SFT 1 (cold start) |" in report
     assert "| reward/tag_count |" in report
 
-    # an unfinished training stage (its checkpoints there, no stage.json) is re-run afresh in its folder
+    # an unfinished training stage (its checkpoints there, no stage.json) is re-run afresh in its folder;
+    # the evaluation measures again only the models whose weights changed (the student and its twin)
     (tmp_path / "7-distill" / "stage.json").unlink()
     (tmp_path / "8-eval" / "stage.json").unlink()
     again = pipeline(tmp_path, "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done before, skipped") == 6 and "== stage 7-distill" in again.stdout
     assert "== stage 8-eval" in again.stdout
+    reused = sorted(line.split(":")[1].strip() for line in again.stdout.splitlines() if "reused from" in line)
+    assert reused == ["0-base", "1-r1-zero", "3-sft1", "4-grpo2", "6-sft2"]
+    later = json.loads((tmp_path / "8-eval" / "results.json").read_text())
+    for name in reused:
+        assert later["models"][name] == results["models"][name]
+        assert later["model_seconds"][name] == results["model_seconds"][name]
+    assert later["eval_seconds"] == pytest.approx(sum(later["model_seconds"].values()))
 
     # a failing stage stops the pipeline with its name (stages 1-4 kept from above)
     for stage in STAGES[4:]:
@@ -73,6 +81,35 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     failed = pipeline(tmp_path, "--resume", "--rejection-min-score", "100")
     assert failed.returncode != 0
     assert "pipeline stage 5-rejection failed" in failed.stderr and "lower --rejection-min-score" in failed.stderr
+
+
+def test_evaluation_results_are_kept_per_model_and_reused_only_for_the_same_settings(tmp_path):
+    from tasks import arithmetic_rows
+    rows, runs = arithmetic_rows("test", 2, seed=0), [{"name": "T=1", "samples": 1, "temperature": 1.0}]
+    cache, said = tmp_path / "models", []
+    first, seconds = evaluate_all([("a", "tiny")], rows, runs, 8, 0, cache=cache, progress=said.append)
+    assert (cache / "a.json").exists() and said == [] and seconds["a"] > 0
+    same, again = evaluate_all([("a", "tiny")], rows, runs, 8, 0, cache=cache, progress=said.append)
+    assert same == first and again == seconds and said == [f"eval: a: reused from {cache / 'a.json'}"]
+    # another number of tokens, seed or problem set: measured again (and the file replaced)
+    for changed in [dict(tokens=9), dict(seed=1), dict(rows=rows[:1])]:
+        args = {"rows": rows, "tokens": 8, "seed": 0, **changed}
+        said.clear()
+        evaluate_all([("a", "tiny")], args["rows"], runs, args["tokens"], args["seed"], cache=cache,
+                     progress=said.append)
+        assert said == [], changed
+    # a file cut short by a crash is measured again, not an error
+    (cache / "a.json").write_text('{"key": ')
+    said.clear()
+    remeasured = evaluate_all([("a", "tiny")], rows, runs, 8, 0, cache=cache, progress=said.append)[0]
+    assert said == [] and remeasured["a"]["T=1"]["per_problem"] == first["a"]["T=1"]["per_problem"]
+    # a checkpoint folder is known by its files: rewriting one is another model
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"1")
+    stamp = weights_stamp(str(folder))
+    (folder / "model.safetensors").write_bytes(b"22")
+    assert weights_stamp(str(folder)) != stamp and weights_stamp("tiny") == ["tiny"]
 
 
 def test_refinement_and_filters_by_hand():
