@@ -2,8 +2,8 @@
 at another rate, then evaluate it as the report does (the same held-out problems, samples and seed) and
 pair it with the run's own records of SFT 1, GRPO and SFT 2 (its 8-eval/results.json).
 
-    python bench/sft2_variants.py --run runs/pipeline21 --name grpo-cold294 \\
-        --start runs/pipeline21/4-grpo2/checkpoint-8 --data runs/sft2x/cold294.jsonl --learning-rate 2e-5
+    python bench/sft2_variants.py --run runs/pipeline22 --name grpo-cold294 \\
+        --start runs/pipeline22/4-grpo2/checkpoint-8 --data runs/sft2x/cold294.jsonl --learning-rate 2e-5
 
 Each evaluated checkpoint appends one line to <out>/results.jsonl: accuracy, format rate, and per
 baseline the paired difference, its 95% interval and problems gained / lost (README of
@@ -32,16 +32,17 @@ def main() -> None:
     parser.add_argument("--start", required=True, help="the checkpoint SFT 2 starts from")
     parser.add_argument("--data", required=True, help="SFT rows (jsonl)")
     parser.add_argument("--learning-rate", type=float, default=2e-5)
-    parser.add_argument("--steps", type=int, default=80)
-    parser.add_argument("--eval-at", default="80", help="steps whose checkpoints are evaluated, comma-separated")
+    parser.add_argument("--steps", type=int, default=None, help="default: the pipeline's SFT 2 steps")
+    parser.add_argument("--eval-at", default=None, help="steps whose checkpoints are evaluated, comma-separated "
+                                                        "(default: the last)")
     parser.add_argument("--out", default="runs/sft2x")
     args = parser.parse_args()
-    run, out = Path(args.run), Path(args.out) / args.name
-    evals = [int(s) for s in args.eval_at.split(",")]
+    run, out, n = Path(args.run), Path(args.out) / args.name, sizes(quick=False)
+    args.steps = args.steps or n["sft2_steps"]
+    evals = [int(s) for s in (args.eval_at or str(args.steps)).split(",")]
     records = json.loads((run / "8-eval" / "results.json").read_text())["models"]
     start = time.perf_counter()
     # the pipeline's SFT 2 config (recipe/pipeline.py) but for the start, the data and the rate
-    n = sizes(quick=False)
     sft_main(SFTConfig(model=args.start, dataset=args.data, train_examples=100_000, max_steps=args.steps,
                        save_every=min(evals), keep_checkpoints=len(evals) + 1, output_dir=str(out),
                        max_length=n["max_length"], gradient_accumulation_steps=n["accumulation"],

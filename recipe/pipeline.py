@@ -74,9 +74,10 @@ def sizes(quick: bool) -> dict:
                     student_layers="1", eval_problems=4, tokens=24, max_length=1400, accumulation=1)
     # minutes bound the sampling stages (steps are an upper bound); SFT 1 is the 80-step cold start of
     # `make demo`, the length at which GRPO finds signal at level 3 (README). SFT 2, from the GRPO model,
-    # takes half that (0.383 at 40 steps, 0.415 at 80: session 10), and distillation 6 minutes a student
-    # (its target is out of reach on this CPU at any size that fits): the minutes go to 300 held-out
-    # problems instead of 200, to narrow the paired intervals (GRPO's +0.043 missed zero by 0.005)
+    # takes half that (vs SFT 1: +0.092 at 40 steps, session 11; +0.128 at 80, session 10), and
+    # distillation 6 minutes a student (its target is out of reach on this CPU at any size that fits):
+    # the minutes go to 300 held-out problems instead of 200, which narrow the paired intervals
+    # (docs/pipeline-example)
     return dict(zero_minutes=4, zero_steps=100, zero_tokens=96, worked=1000, prompted=16, sft_steps=80, sft2_steps=40,
                 grpo_steps=500, grpo_minutes=12, group=8, prompts=8, rejection_prompts=300, distill_minutes=6,
                 distill_steps=1000, student_layers="greedy:20", eval_problems=None, tokens=128, max_length=512,
