@@ -69,9 +69,9 @@ class PipelineConfig:
 
 def sizes(quick: bool) -> dict:
     if quick:
-        return dict(zero_minutes=0, zero_steps=1, zero_tokens=24, worked=12, prompted=2, sft_steps=2, sft2_steps=2, grpo_steps=1,
-                    grpo_minutes=0, group=4, prompts=2, rejection_prompts=4, distill_minutes=0, distill_steps=2,
-                    student_layers="1", eval_problems=4, tokens=24, max_length=1400, accumulation=1)
+        return dict(zero_minutes=0, zero_steps=1, zero_tokens=24, worked=12, prompted=2, sft_steps=2, sft2_steps=2,
+                    grpo_steps=1, grpo_minutes=0, group=4, prompts=2, rejection_prompts=4, distill_minutes=0,
+                    distill_steps=2, student_layers="1", eval_problems=4, tokens=24, max_length=1400, accumulation=1)
     # minutes bound the sampling stages (steps are an upper bound); SFT 1 is the 80-step cold start of
     # `make demo`, the length at which GRPO finds signal at level 3 (README). SFT 2, from the GRPO model,
     # takes half that (vs SFT 1: +0.092 at 40 steps, session 11; +0.128 at 80, session 10), and

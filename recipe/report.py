@@ -60,7 +60,8 @@ def weights_stamp(path: str) -> list:
     folder = Path(path)
     if not folder.is_dir():
         return [path]
-    return [path] + sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in folder.iterdir() if f.is_file())
+    files = [(f.name, f.stat()) for f in sorted(folder.iterdir()) if f.is_file()]
+    return [path] + [[name, stat.st_size, stat.st_mtime_ns] for name, stat in files]
 
 
 def evaluate_all(models: list[tuple[str, str]], rows: list[dict], runs: list[dict], tokens: int, seed: int,
