@@ -89,7 +89,8 @@ def main(config: EvalConfig) -> dict:
             for record in records:
                 append_jsonl(out / "samples.jsonl", {"model": name, **record})
         del model
-    report = {"dataset": config.dataset, "split": config.split, "models": results}
+    report = {"dataset": config.dataset, "split": config.split, "num_problems": len(rows),
+              "samples_per_problem": config.samples_per_problem, "models": results}
     if main_rank:
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         print(format_table(results))
