@@ -28,7 +28,25 @@ def open_run(output_dir: str | Path, config, resume_step: int | None,
 
 def append_jsonl(path: str | Path, record: dict) -> None:
     with open(path, "a") as f:
-        f.write(json.dumps(record, default=_plain) + "\n")
+        f.write(json_line(record))
+
+
+def json_line(record: dict) -> str:
+    """One line of strict JSON: a number that is not finite (a skipped step's loss, the entropy of a
+    step that trained nothing) is written as null, which every JSON reader accepts (NaN is not JSON)."""
+    return json.dumps(_finite_or_null(record), default=_plain, allow_nan=False) + "\n"
+
+
+def _finite_or_null(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # a 0-dim tensor or numpy number
+        return _finite_or_null(value.item())
+    return value
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -52,7 +70,7 @@ def truncate_jsonl(path: str | Path, max_step: int) -> None:
     if path.exists():
         kept = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.write_text("".join(json_line(r) for r in kept))
         os.replace(tmp, path)
 
 

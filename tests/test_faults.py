@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 
 import distill.train as distill_train
 import sft.train as sft_train
-from common.runlog import read_jsonl, truncate_jsonl
+from common.runlog import append_jsonl, read_jsonl, truncate_jsonl
 from conftest import ROOT
 from distill.train import DistillConfig
 from lm import checkpoint as ckpt
@@ -140,6 +140,21 @@ def test_a_torn_last_log_line_is_dropped_and_truncation_keeps_the_rest(tmp_path)
     assert read_jsonl(path) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
     truncate_jsonl(path, 1)
     assert path.read_text() == '{"step": 1, "loss": 2.0}\n'
+
+
+def test_log_lines_are_strict_json_with_null_for_non_finite_numbers(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    append_jsonl(path, {"step": 1, "loss": float("nan"), "grad_norm": torch.tensor(float("inf")),
+                        "lists": [1.5, -float("inf")], "nested": {"kl": float("nan")}, "lr": 1e-5})
+    assert path.read_text() == ('{"step": 1, "loss": null, "grad_norm": null, "lists": [1.5, null], '
+                                '"nested": {"kl": null}, "lr": 1e-05}\n')
+
+    def refuse(constant):  # what JSON.parse and jq do with NaN and Infinity
+        raise ValueError(constant)
+    path.write_text('{"step": 1, "loss": NaN}\n{"step": 2, "loss": 1.0}\n')  # a log written before the fix
+    truncate_jsonl(path, 1)
+    assert [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()] == [
+        {"step": 1, "loss": None}]
 
 
 # ---------------------------------------------------------------- one rule for a non-finite step
