@@ -39,8 +39,10 @@ class Groups:
     total: list[float]             # (N,) weighted sums
 
     def signal(self, G: int) -> torch.Tensor:
-        """(groups,) True where the group's rewards are not all equal (its advantages are not all 0)."""
-        r = torch.tensor(self.total, dtype=torch.float64).view(-1, G)
+        """(groups,) True where the group's rewards are not all equal (its advantages are not all 0),
+        decided on the float32 values the advantages are computed from (grpo/train.py): rewards that
+        differ only in float64 (0.1 + 0.2 and 0.3) give advantages of 0 and no signal."""
+        r = torch.tensor(self.total, dtype=torch.float32).view(-1, G)
         return (r != r[:, :1]).any(1)
 
     def select(self, keep: list[int], G: int) -> "Groups":
@@ -97,7 +99,8 @@ def sample_groups(policy, tokenizer, prompts: list[dict], positions: range, step
 def fill_with_signal(draw_round, B: int, max_rounds: int, G: int, pad_id: int) -> tuple[Groups, dict]:
     """Dynamic sampling. `draw_round(r)` samples round r's share of this rank (B prompts globally per
     round) -> Groups. Returns this rank's kept groups and `round_stats`. If no round found a group with
-    signal anywhere, the last round's groups are kept (their update is 0; their metrics still count)."""
+    signal anywhere, the last round's groups are kept (their update is 0; their metrics still count;
+    they are not counted as dropped)."""
     kept, found, rounds, dropped = [], 0, 0, 0
     while rounds < 1 + max_rounds and found < B:
         groups = draw_round(rounds)
@@ -109,6 +112,8 @@ def fill_with_signal(draw_round, B: int, max_rounds: int, G: int, pad_id: int) -
         kept.append(groups.select(with_signal[:room], G))
         dropped += len(groups.prompts) - len(with_signal)
         found += sum(counts.values())
+    if not found:  # the last round's groups are trained (an update of 0), not dropped
+        dropped -= len(groups.prompts)
     batch = Groups.join(kept, pad_id) if found else groups
     return batch, {"sampling_rounds": rounds, "signal_groups": found, "dropped_groups": int(dist.all_sum(dropped))}
 

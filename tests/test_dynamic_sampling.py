@@ -47,8 +47,16 @@ def test_dynamic_sampling_stops_at_the_cap_and_trains_what_it_has():
     nothing = [groups_with([[1, 1]], "a"), groups_with([[0, 0]], "b")]
     batch, stats = fill_with_signal(lambda r: nothing[r], B=1, max_rounds=1, G=G, pad_id=0)
     assert [p["problem"] for p in batch.prompts] == ["b0"]     # none anywhere: the last round, update 0
-    assert stats == {"sampling_rounds": 2, "signal_groups": 0, "dropped_groups": 2}
+    assert stats == {"sampling_rounds": 2, "signal_groups": 0, "dropped_groups": 1}  # a0 dropped, b0 trained
     assert round_stats(groups_with([[1, 1], [0, 1], [2, 3]], "x"), G)["signal_groups"] == 2
+
+
+def test_signal_is_decided_on_the_float32_rewards_the_advantages_use():
+    # 0.1 + 0.2 = 0.30000000000000004 and 0.3 differ in float64, not in float32: advantages 0, no signal
+    same = groups_with([[0.1 + 0.2, 0.3], [0.3, 0.3 + 1e-6]], "f")
+    assert same.signal(G).tolist() == [False, True]
+    batch, stats = fill_with_signal(lambda r: same, B=2, max_rounds=0, G=G, pad_id=0)
+    assert [p["problem"] for p in batch.prompts] == ["f1"] and stats["signal_groups"] == 1
 
 
 def test_pass_rate_curriculum_by_hand():
