@@ -31,6 +31,8 @@ def main(argv: list[str]) -> int:
         print(f"error: unknown command {name!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.getcwd() not in sys.path:  # your own modules (--reward-funcs mymod:fn) from the current folder, as
+        sys.path.insert(1, os.getcwd())  # `python -m` allows; after the project, so they never shadow it
     from common.config import ConfigError, parse_config
     from tasks.loaders import DataError
 

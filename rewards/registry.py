@@ -40,13 +40,24 @@ class RewardSpec:
 
 
 def import_reward(name: str) -> Callable | None:
-    """A user's own reward given as `package.module:function`; None if it cannot be imported."""
+    """A user's own reward given as `package.module:function`; None if there is no such module or
+    function. A module that is there but fails to import (a syntax error, a missing package of its
+    own, an exception) raises ValueError with one line that says why."""
     import importlib
     module, _, attr = name.partition(":")
     try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError):
+        found = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module or module.startswith(f"{e.name}."):  # the module (or its package) is not there
+            return None
+        raise ValueError(f"--reward-funcs {name}: {module} imports {e.name!r}, which is not installed") from None
+    except ValueError:  # an empty or relative module name
         return None
+    except Exception as e:
+        where = f" ({e.filename}, line {e.lineno})" if isinstance(e, SyntaxError) else ""
+        raise ValueError(f"--reward-funcs {name}: {module} failed to import: {type(e).__name__}: "
+                         f"{getattr(e, 'msg', e)}{where}") from None
+    return getattr(found, attr, None)
 
 
 def parse_names_and_weights(names: str | list[str], weights: str | list | None) -> tuple[list[str], list[float]]:

@@ -62,3 +62,41 @@ def test_eval_reads_a_gsm8k_file_with_any_answer_format(tmp_path):
     from recipe.evaluate import EvalConfig   # a bad value: the config's one-line error (run.py prints it)
     with pytest.raises(ValueError, match=r"^--answer-format 'latex': choose one of r1, boxed, auto$"):
         EvalConfig(answer_format="latex")
+
+
+def test_a_newcomers_mistakes_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    from common.config import ConfigError, parse_config
+    from grpo.config import GRPOConfig
+    import run
+    parse = lambda *argv: parse_config(GRPOConfig, list(argv), prog="run.py grpo")
+    # an abbreviated flag is not taken for the one it abbreviates
+    with pytest.raises(ConfigError, match="unrecognized arguments: --max-comp 16"):
+        parse("--max-comp", "16")
+    # a YAML file: the flags' aliases are accepted, a broken file names its line
+    good, broken = tmp_path / "good.yaml", tmp_path / "broken.yaml"
+    good.write_text("num_generations: 4\nmax-completion-length: 16\n")
+    assert (parse("--config", str(good)).group_size, parse("--config", str(good)).max_completion_length) == (4, 16)
+    broken.write_text("group_size: 4\nbeta: [0.1\n")
+    with pytest.raises(ConfigError, match=r"^--config .*broken.yaml: not valid YAML: line 3: .*$"):
+        parse("--config", str(broken))
+    both = tmp_path / "both.yaml"
+    both.write_text("group_size: 4\nnum_generations: 8\n")
+    with pytest.raises(ConfigError, match="num_generations sets group_size a second time"):
+        parse("--config", str(both))
+    # a reward module of one's own: broken, importing a missing package, in the current folder
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    (tmp_path / "syntax_broken.py").write_text("def reward(completions, **kw):\n    return [1.0 for c in completions\n")
+    (tmp_path / "needs_pkg.py").write_text("import no_such_package_here\n")
+    (tmp_path / "mine.py").write_text("def reward(completions, **kw):\n    return [0.0] * len(completions)\n")
+    # run.py run by path from another folder imports rewards from the current one: here the config
+    # gets past the reward (mine:reward is found) and stops at the next bad flag
+    assert run.main(["grpo", "--reward-funcs", "mine:reward", "--report-to", "nowhere"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--report-to" in err and "reward" not in err and len(err.splitlines()) == 1
+    assert sys.path[1] == str(tmp_path)  # after the project's own folder: mine.py never shadows it
+    with pytest.raises(ConfigError, match=r"^--reward-funcs syntax_broken:reward: syntax_broken failed to import: "
+                                          r"SyntaxError: .*syntax_broken.py, line 2\)$"):
+        parse("--reward-funcs", "syntax_broken:reward")
+    with pytest.raises(ConfigError, match="needs_pkg imports 'no_such_package_here', which is not installed"):
+        parse("--reward-funcs", "needs_pkg:reward")
