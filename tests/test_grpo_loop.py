@@ -154,3 +154,37 @@ def test_skipping_zero_advantage_completions_is_exact(tmp_path):
     # Adam divides by sqrt(v): summation-order rounding in near-zero gradients moves a weight by up to
     # ~1e-6 here; a wrong update would move it by about lr = 1e-3 per step.
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_resume_continues_the_run_it_names_with_its_settings(tmp_path):
+    # the run was started with a dataset, group size and rewards of its own; `--resume` alone (plus a
+    # longer --max-steps) must continue it with them, not with today's defaults
+    from common.runlog import read_jsonl, write_config
+    from sft.train import SFTConfig
+    parse = lambda *argv: parse_config(GRPOConfig, list(argv), prog="run.py grpo")
+    first = parse("--model", "tiny", "--dataset", "arithmetic:1", "--group-size", "4", "--prompts-per-step", "2",
+                  "--max-completion-length", "12", "--max-steps", "2", "--save-every", "2", "--eval-every", "-1",
+                  "--reward-funcs", SIGNAL["reward_funcs"], "--reward-weights", "1,1", "--learning-rate", "1e-3",
+                  "--output-dir", str(tmp_path))
+    train.main(first)
+    resumed = parse("--resume", str(tmp_path), "--max-steps", "3")
+    assert {k: v for k, v in vars(resumed).items() if k not in ("resume", "max_steps")} == \
+        {k: v for k, v in vars(first).items() if k not in ("resume", "max_steps")}
+    train.main(resumed)
+    assert json.loads((tmp_path / "config.json").read_text())["dataset"] == "arithmetic:1"
+    assert [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    assert parse("--resume", str(tmp_path / "checkpoint-3"), "--group-size", "4").group_size == 4  # the same: fine
+    with pytest.raises(ConfigError, match=r"--group-size 8 differs from the run's 4; a resumed run keeps"):
+        parse("--resume", str(tmp_path), "--group-size", "8")
+    with pytest.raises(ConfigError, match=r"--dataset 'arithmetic' differs from the run's 'arithmetic:1'"):
+        parse("--resume", str(tmp_path), "--dataset", "arithmetic")
+    with pytest.raises(ConfigError, match="--output-dir .* is another folder"):
+        parse("--resume", str(tmp_path), "--output-dir", str(tmp_path / "elsewhere"))
+    with pytest.raises(ConfigError, match="nowhere: no such folder"):
+        parse("--resume", str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="empty: no config.json there"):
+        parse("--resume", str(tmp_path / "empty"))
+    # the same rule for sft (and distill: one parser)
+    write_config(tmp_path / "sft", SFTConfig(model="tiny", max_length=700, learning_rate=3e-4))
+    assert parse_config(SFTConfig, ["--resume", str(tmp_path / "sft")], prog="run.py sft").max_length == 700
