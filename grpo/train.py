@@ -33,6 +33,7 @@ Deliberate choices:
 import copy
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
@@ -58,9 +59,31 @@ PLOT_KEYS = ["reward", "reward_std", "loss", "kl", "clip_frac", "completion_len"
 LOGS = ("metrics.jsonl", "samples.jsonl")
 
 
-def main(config: GRPOConfig) -> dict:
+@dataclass
+class Run:
+    """What the loop holds from one step to the next (built once by `set_up`)."""
+    config: GRPOConfig
+    out: object                 # the run folder
+    model: object
+    tokenizer: object
+    ref_model: object           # None unless beta > 0 without LoRA (LoRA's reference: its adapters off)
+    precision: object           # lm/precision.py: the dtype products run in
+    rows: list                  # the training prompts
+    eval_rows: list
+    specs: list                 # the reward functions and weights
+    optimizer: object
+    scheduler: object
+    curriculum: object          # None unless --curriculum pass-rate
+    mine: range                 # this rank's prompts of each step
+    trackers: object
+    bad_updates: int = 0        # non-finite updates in a row (three stop the run)
+
+
+def set_up(config: GRPOConfig) -> tuple[Run, int, int]:
+    """(run, the step to start from, the data position): the model (and reference), data, rewards,
+    optimizer and schedule, restored from a checkpoint when resuming."""
     device = dist.init(config.device)  # several processes under torchrun; one otherwise
-    mine = dist.my_slice(config.prompts_per_step, "--prompts-per-step")  # this rank's prompts of each step
+    mine = dist.my_slice(config.prompts_per_step, "--prompts-per-step")
     resume_from, out = ckpt.start_run(config.output_dir, config.resume, config.overwrite, LOGS)
     torch.manual_seed(config.seed)
     start_from = resume_from if resume_from and not config.use_peft else config.model  # LoRA: base + adapter
@@ -84,12 +107,9 @@ def main(config: GRPOConfig) -> dict:
     rows = load_math(config.dataset, "train", config.train_problems, seed=config.seed)
     eval_rows = (load_math(config.eval_dataset or config.dataset, "test", config.eval_problems, seed=config.seed)
                  if config.eval_every >= 0 else [])
-    specs = build_rewards(config.reward_funcs, config.reward_weights, config.max_completion_length)
-    cut = {"top_k": config.top_k, "top_p": config.top_p} if config.truncated_logprobs else {}  # what sampled
     total_updates = config.max_steps * config.num_iterations
     optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
     scheduler = make_scheduler(optimizer, config.lr_scheduler, int(config.warmup_ratio * total_updates), total_updates)
-
     curriculum = PassRateCurriculum(rows, config.group_size, config.seed) if config.curriculum == "pass-rate" else None
     start_step, position = 0, 0  # position: prompt slots used so far (B per sampling round)
     if resume_from:
@@ -101,155 +121,193 @@ def main(config: GRPOConfig) -> dict:
     if dist.is_main():
         open_run(out, config, start_step if resume_from else None, logs=LOGS)
     trackers = start_trackers(config.report_to if dist.is_main() else "none", out, config)  # --report-to
+    specs = build_rewards(config.reward_funcs, config.reward_weights, config.max_completion_length)
+    return Run(config, out, model, tokenizer, ref_model, precision, rows, eval_rows, specs, optimizer, scheduler,
+               curriculum, mine, trackers), start_step, position
+
+
+def sample_and_score(run: Run, step: int, position: int):
+    """This rank's groups of G completions, scored (grpo/batch.py), and the sampling rounds' counts.
+    With --dynamic-sampling, groups without signal are replaced by new prompts' groups."""
+    run.model.eval()
+    with run.precision.autocast():  # under --fsdp, sampling runs on a full copy gathered once for the step
+        groups, rounds = sample_step(sharding.gathered(run.model), run.tokenizer, run.rows, run.curriculum, position,
+                                     step, run.mine, run.specs, run.config)
+    run.model.train()
+    return groups, rounds
+
+
+def advantages(groups, config: GRPOConfig, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rewards (N,), group-normalised advantages (N,), the loss mask (N, T))."""
+    rewards = torch.tensor(groups.total, dtype=torch.float32)                     # (N,) this rank's
+    adv = group_advantages(rewards, config.group_size, scale=config.scale_rewards,
+                           batch_std=dist.std_over_ranks(rewards) if config.scale_rewards == "batch" else None)
+    mask = groups.samples.completion_mask.clone()                                 # (N, T)
+    if config.mask_truncated_completions:
+        mask = mask * (~groups.samples.truncated).to(mask.dtype)[:, None]
+    return rewards, adv.to(device), mask
+
+
+def update(run: Run, step: int, s, adv: torch.Tensor, mask: torch.Tensor) -> dict:
+    """num_iterations optimizer steps on the sampled batch `s`, each accumulated over micro-batches.
+    Returns what the record needs: the loss, the loss's stats and the entropy summed over micro-batches,
+    the sampler/trainer mismatch, the gradient norm, whether it stepped, the completions trained.
+    `step` (1-based) names the step in the message of an update skipped for a non-finite loss."""
+    config, model = run.config, run.model
+    # which completions the update needs. With beta = 0, one whose advantage is 0 adds exactly nothing
+    # to the loss or its gradient (-min(w * 0, clip(w) * 0) = 0): skip it. The normaliser below still
+    # counts every completion, so the loss is unchanged.
+    N = len(adv)
+    N_all = int(dist.all_sum(N))                                                  # the whole step's completions
+    trained = torch.arange(N)
+    if config.beta == 0 and config.skip_zero_advantage and not config.fsdp:
+        trained = trained[adv.cpu() != 0]
+    micro = [trained[i:i + config.micro_batch_size] for i in range(0, len(trained), config.micro_batch_size)]
+    cut = {"top_k": config.top_k, "top_p": config.top_p} if config.truncated_logprobs else {}  # what sampled
+
+    def logps_of(m, idx, **kw):  # (n, T) log-probs of the distribution that sampled, in float32
+        with run.precision.autocast():
+            return token_logprobs(m, s.prompt_ids[idx], s.prompt_mask[idx], s.completion_ids[idx],
+                                  s.completion_mask[idx], temperature=config.temperature,
+                                  chunk_size=config.logprob_chunk_size, **cut, **kw)
+
+    # reference and old log-probs, only when they are needed (the reference on the policy's kept set
+    # under top-k / top-p: both distributions over the tokens the sampler could draw)
+    with torch.no_grad(), lora.adapters_off(model) if config.use_peft else nullcontext():
+        ref_logp = ([logps_of(model if run.ref_model is None else run.ref_model, idx, kept_by=model)[0]
+                     for idx in micro] if config.beta > 0 else None)
+    with torch.no_grad():
+        old_logp = [logps_of(model, idx)[0] for idx in micro] if config.num_iterations > 1 else None
+    # the whole step's denominator on every rank: the ranks' losses add up to the full-batch loss
+    normalizer = {"grpo": N_all, "dr_grpo": N_all * config.max_completion_length,
+                  "dapo": max(1.0, dist.all_sum(mask.sum().item()))}[config.loss_type]
+    mismatch = {"sampler_logp_gap": 0.0, "sampler_kl": 0.0}
+    for iteration in range(config.num_iterations):
+        step_loss, stats_sum, entropy_sum = 0.0, {}, 0.0
+        for j, idx in enumerate(micro):
+            logp, entropy = logps_of(model, idx, with_entropy=True)                  # (n, T)
+            loss, stats = grpo_loss(
+                logp, old_logp[j] if old_logp is not None else logp.detach(),
+                ref_logp[j] if ref_logp is not None else None, adv[idx], mask[idx],
+                epsilon=config.epsilon, epsilon_high=config.epsilon_high, beta=config.beta,
+                loss_type=config.loss_type, max_completion_length=config.max_completion_length,
+                normalizer=normalizer, importance_sampling_level=config.importance_sampling_level,
+                sampler_logp=s.sampler_logp[idx], tis_cap=config.tis_cap if config.sampler_correction == "tis" else None)
+            loss.backward()
+            step_loss += loss.item()
+            for k, v in stats.items():
+                stats_sum[k] = stats_sum.get(k, 0.0) + v * len(idx)
+            entropy_sum += (entropy.detach() * s.completion_mask[idx]).sum().item()
+            if iteration == 0:  # sampler vs trainer on the same weights (bfloat16 copies vs float32
+                # master weights on a GPU, two code paths): log-prob gap, k3 estimate of KL, ratio
+                for k, v in sampler_mismatch(s.sampler_logp[idx], logp.detach(), s.completion_mask[idx]).items():
+                    mismatch[k] = max(mismatch.get(k, 1.0), v) if k.endswith("_max") else mismatch[k] + v
+        dist.sum_gradients(model)  # the full batch's gradient on every rank (0 if untrained)
+        grad_norm, stepped = clipped_step(model, run.optimizer, run.scheduler, dist.all_sum(step_loss),
+                                          config.max_grad_norm, step)
+        run.bad_updates = 0 if stepped else run.bad_updates + 1
+    return {"loss": step_loss, "stats": stats_sum, "entropy": entropy_sum, "mismatch": mismatch,
+            "grad_norm": grad_norm, "stepped": stepped, "trained": trained, "N_all": N_all}
+
+
+def step_record(step: int, groups, rewards: torch.Tensor, rounds: dict, result: dict, config: GRPOConfig,
+                lr: float, times: dict) -> dict:
+    """The step's metrics line, summed over ranks: rewards, loss stats, entropy, mismatch, lengths."""
+    s, G, B, N_all = groups.samples, config.group_size, config.prompts_per_step, result["N_all"]
+    trained, mismatch = result["trained"], result["mismatch"]
+    sums = dist.sum_dicts({
+        "loss": result["loss"], "reward": rewards.sum().item(), "reward_std": rewards.view(-1, G).std(1).sum().item(),
+        "groups": len(groups.prompts), "trained": len(trained), "trained_tokens": s.completion_mask[trained].sum().item(),
+        "entropy": result["entropy"], "sampler_logp_gap": mismatch["sampler_logp_gap"],
+        "sampler_kl": mismatch["sampler_kl"], "completion_len": s.completion_mask.sum().item(),
+        "truncated": s.truncated.sum().item(), **{f"reward/{k}": sum(v) for k, v in groups.per_reward.items()},
+        **{f"stat/{k}": v for k, v in result["stats"].items()},
+        **{f"reward_events/{k}": v for k, v in events.take().items()}})
+    per_token = lambda key: sums[key] / sums["trained_tokens"] if sums["trained_tokens"] else float("nan")
+    return {"step": step, "loss": sums["loss"], "lr": lr,
+            "reward": sums["reward"] / N_all, "reward_std": sums["reward_std"] / sums["groups"],
+            **{k: v / N_all for k, v in sums.items() if k.startswith("reward/")},
+            **{k[5:]: v / sums["trained"] for k, v in sums.items() if k.startswith("stat/")},
+            "entropy": per_token("entropy"), "sampler_logp_gap": per_token("sampler_logp_gap"),
+            "sampler_kl": per_token("sampler_kl"),
+            "sampler_ratio_max": dist.all_max(mismatch.get("sampler_ratio_max", 1.0)),
+            "signal_frac": rounds["signal_groups"] / (rounds["sampling_rounds"] * B),  # groups sampled with signal
+            "sampling_rounds": rounds["sampling_rounds"], "dropped_groups": rounds["dropped_groups"],
+            "trained_frac": sums["trained"] / N_all, "grad_norm": result["grad_norm"].item(),
+            "completion_len": sums["completion_len"] / N_all, "truncated_frac": sums["truncated"] / N_all,
+            "skipped": int(not result["stepped"]), **times,
+            **{k: int(v) for k, v in sums.items() if k.startswith("reward_events/")}}
+
+
+def write_step(run: Run, step: int, record: dict, groups) -> None:
+    """Rank 0: the metrics line, one completion of each of the first prompts, the trackers."""
+    if not dist.is_main():
+        return
+    G = run.config.group_size
+    append_jsonl(run.out / "metrics.jsonl", record)
+    shown = [{"step": step, "prompt": groups.prompts[i // G]["problem"], "completion": groups.texts[i],
+              "reward": groups.total[i], **{k: v[i] for k, v in groups.per_reward.items()}}
+             for i in range(0, min(run.config.log_samples * G, len(groups.texts)), G)]
+    for row in shown:
+        append_jsonl(run.out / "samples.jsonl", row)
+    run.trackers.log(record)
+    run.trackers.samples(step, shown)
+
+
+def save(run: Run, step: int, position: int) -> None:
+    """A checkpoint (weights, optimizer, schedule, data position, curriculum) and the curves."""
+    ckpt.save_training(run.out, step, run.model, run.tokenizer, run.optimizer, run.scheduler,
+                       {"data_position": position,
+                        **({"curriculum": run.curriculum.state_dict()} if run.curriculum is not None else {})},
+                       keep=run.config.keep_checkpoints)
+    if dist.is_main():
+        plot_metrics(run.out / "metrics.jsonl", PLOT_KEYS[:1] + [f"reward/{r.name}" for r in run.specs] + PLOT_KEYS[1:],
+                     run.out / "training_curves.png", "GRPO")  # each reward's curve after the total
+
+
+def main(config: GRPOConfig) -> dict:
+    run, start_step, position = set_up(config)
 
     def run_eval():
-        with precision.autocast():
-            return eval_metrics(model, tokenizer, eval_rows, config.max_completion_length, config.seed)
+        with run.precision.autocast():
+            return eval_metrics(run.model, run.tokenizer, run.eval_rows, config.max_completion_length, config.seed)
 
-    first_eval = run_eval() if eval_rows and start_step == 0 else {}
+    first_eval = run_eval() if run.eval_rows and start_step == 0 else {}
     if first_eval and dist.is_main():
-        append_jsonl(out / "metrics.jsonl", {"step": 0, **first_eval})
-        trackers.log({"step": 0, **first_eval})
-    bad_steps, last, started = 0, {}, time.perf_counter()
+        append_jsonl(run.out / "metrics.jsonl", {"step": 0, **first_eval})
+        run.trackers.log({"step": 0, **first_eval})
+    last, started = {}, time.perf_counter()
     bar = tqdm(range(start_step, config.max_steps), desc="grpo", unit="step",
                initial=start_step, total=config.max_steps, disable=not dist.is_main())
     for step in bar:
         t0 = time.perf_counter()
-        # ---- algorithm: G completions for each of B prompts, scored (grpo/batch.py); with dynamic
-        # sampling, groups without signal are replaced by new prompts' groups
-        G, B = config.group_size, config.prompts_per_step
-        model.eval()
-        with precision.autocast():  # under --fsdp, sampling runs on a full copy gathered once for the step
-            groups, rounds = sample_step(sharding.gathered(model), tokenizer, rows, curriculum, position, step,
-                                         mine, specs, config)
-        position += rounds["sampling_rounds"] * B
-        model.train()
-        t_sample = time.perf_counter() - t0
-
-        # ---- algorithm: group-relative advantages
-        s, texts, per_reward, total = groups.samples, groups.texts, groups.per_reward, groups.total
-        lengths = s.completion_mask.sum(-1)                                       # (N,)
-        rewards = torch.tensor(total, dtype=torch.float32)                        # (N,) this rank's
-        adv = group_advantages(rewards, G, scale=config.scale_rewards, batch_std=dist.std_over_ranks(rewards)
-                               if config.scale_rewards == "batch" else None).to(model.device)
-        mask = s.completion_mask.clone()
-        if config.mask_truncated_completions:
-            mask = mask * (~s.truncated).to(mask.dtype)[:, None]
-
-        # ---- algorithm: which completions the update needs. With beta = 0, one whose advantage is
-        # 0 adds exactly nothing to the loss or its gradient (-min(w * 0, clip(w) * 0) = 0): skip it.
-        # The normaliser below still counts every completion, so the loss is unchanged.
-        N = len(texts)
-        N_all = int(dist.all_sum(N))                                              # the whole step's completions
-        trained = torch.arange(N)
-        if config.beta == 0 and config.skip_zero_advantage and not config.fsdp:
-            trained = trained[adv.cpu() != 0]
-        micro = [trained[i:i + config.micro_batch_size] for i in range(0, len(trained), config.micro_batch_size)]
-
-        def logps_of(m, idx, **kw):  # (n, T) log-probs of the distribution that sampled, in float32
-            with precision.autocast():
-                return token_logprobs(m, s.prompt_ids[idx], s.prompt_mask[idx], s.completion_ids[idx],
-                                      s.completion_mask[idx], temperature=config.temperature,
-                                      chunk_size=config.logprob_chunk_size, **cut, **kw)
-
-        # ---- algorithm: reference and old log-probs, only when they are needed (the reference on the
-        # policy's kept set under top-k / top-p: both distributions over the tokens the sampler could draw)
-        with torch.no_grad(), lora.adapters_off(model) if config.use_peft else nullcontext():
-            ref_logp = ([logps_of(model if ref_model is None else ref_model, idx, kept_by=model)[0] for idx in micro]
-                        if config.beta > 0 else None)
-        with torch.no_grad():
-            old_logp = [logps_of(model, idx)[0] for idx in micro] if config.num_iterations > 1 else None
-        t_train = time.perf_counter()
-        # the whole step's denominator on every rank: the ranks' losses add up to the full-batch loss
-        normalizer = {"grpo": N_all, "dr_grpo": N_all * config.max_completion_length,
-                      "dapo": max(1.0, dist.all_sum(mask.sum().item()))}[config.loss_type]
-
-        # ---- algorithm: num_iterations updates, each accumulated over micro-batches
-        mismatch = {"sampler_logp_gap": 0.0, "sampler_kl": 0.0}
-        for iteration in range(config.num_iterations):
-            step_loss, stats_sum, entropy_sum = 0.0, {}, 0.0
-            for j, idx in enumerate(micro):
-                logp, entropy = logps_of(model, idx, with_entropy=True)                  # (n, T)
-                loss, stats = grpo_loss(
-                    logp, old_logp[j] if old_logp is not None else logp.detach(),
-                    ref_logp[j] if ref_logp is not None else None, adv[idx], mask[idx],
-                    epsilon=config.epsilon, epsilon_high=config.epsilon_high, beta=config.beta,
-                    loss_type=config.loss_type, max_completion_length=config.max_completion_length,
-                    normalizer=normalizer, importance_sampling_level=config.importance_sampling_level,
-                    sampler_logp=s.sampler_logp[idx], tis_cap=config.tis_cap if config.sampler_correction == "tis" else None)
-                loss.backward()
-                step_loss += loss.item()
-                for k, v in stats.items():
-                    stats_sum[k] = stats_sum.get(k, 0.0) + v * len(idx)
-                entropy_sum += (entropy.detach() * s.completion_mask[idx]).sum().item()
-                if iteration == 0:  # sampler vs trainer on the same weights (bfloat16 copies vs float32
-                    # master weights on a GPU, two code paths): log-prob gap, k3 estimate of KL, ratio
-                    for k, v in sampler_mismatch(s.sampler_logp[idx], logp.detach(), s.completion_mask[idx]).items():
-                        mismatch[k] = max(mismatch.get(k, 1.0), v) if k.endswith("_max") else mismatch[k] + v
-            dist.sum_gradients(model)  # the full batch's gradient on every rank (0 if untrained)
-            grad_norm, stepped = clipped_step(model, optimizer, scheduler, dist.all_sum(step_loss),
-                                              config.max_grad_norm, step + 1)
-            bad_steps = 0 if stepped else bad_steps + 1
-
-        # ---- plumbing: metrics (summed over ranks), samples, checkpoints, eval
+        # ---- algorithm: G completions for each of B prompts, scored
+        groups, rounds = sample_and_score(run, step, position)
+        position += rounds["sampling_rounds"] * config.prompts_per_step
+        t_sample = time.perf_counter()
+        # ---- algorithm: group-relative advantages, then the update
+        rewards, adv, mask = advantages(groups, config, run.model.device)
+        result = update(run, step + 1, groups.samples, adv, mask)
         t_end = time.perf_counter()
-        trained_tokens = s.completion_mask[trained].sum().item()
-        sums = dist.sum_dicts({
-            "loss": step_loss, "reward": rewards.sum().item(), "reward_std": rewards.view(-1, G).std(1).sum().item(),
-            "groups": len(groups.prompts), "trained": len(trained), "trained_tokens": trained_tokens,
-            "entropy": entropy_sum, "sampler_logp_gap": mismatch["sampler_logp_gap"],
-            "sampler_kl": mismatch["sampler_kl"], "completion_len": lengths.sum().item(),
-            "truncated": s.truncated.sum().item(), **{f"reward/{k}": sum(v) for k, v in per_reward.items()},
-            **{f"stat/{k}": v for k, v in stats_sum.items()},
-            **{f"reward_events/{k}": v for k, v in events.take().items()}})
-        per_token = lambda key: sums[key] / sums["trained_tokens"] if sums["trained_tokens"] else float("nan")
-        record = {"step": step + 1, "loss": sums["loss"],
-                  "lr": scheduler.get_last_lr()[0],
-                  "reward": sums["reward"] / N_all, "reward_std": sums["reward_std"] / sums["groups"],
-                  **{k: v / N_all for k, v in sums.items() if k.startswith("reward/")},
-                  **{k[5:]: v / sums["trained"] for k, v in sums.items() if k.startswith("stat/")},
-                  "entropy": per_token("entropy"), "sampler_logp_gap": per_token("sampler_logp_gap"),
-                  "sampler_kl": per_token("sampler_kl"),
-                  "sampler_ratio_max": dist.all_max(mismatch.get("sampler_ratio_max", 1.0)),
-                  "signal_frac": rounds["signal_groups"] / (rounds["sampling_rounds"] * B),  # groups sampled with signal
-                  "sampling_rounds": rounds["sampling_rounds"], "dropped_groups": rounds["dropped_groups"],
-                  "trained_frac": sums["trained"] / N_all,
-                  "grad_norm": grad_norm.item(),
-                  "completion_len": sums["completion_len"] / N_all,
-                  "truncated_frac": sums["truncated"] / N_all,
-                  "skipped": int(not stepped),
-                  "time_sampling": t_sample, "time_training": t_end - t_train, "time_step": t_end - t0,
-                  **{k: int(v) for k, v in sums.items() if k.startswith("reward_events/")}}
+
+        # ---- plumbing: metrics, samples, checkpoints, eval
+        times = {"time_sampling": t_sample - t0, "time_training": t_end - t_sample, "time_step": t_end - t0}
+        record = step_record(step + 1, groups, rewards, rounds, result, config, run.scheduler.get_last_lr()[0], times)
         out_of_time = time_is_up(started, config.max_minutes, step + 1)
         final = step + 1 == config.max_steps or out_of_time
         if config.eval_every > 0 and (step + 1) % config.eval_every == 0 or (
-                config.eval_every == 0 and eval_rows and final):
+                config.eval_every == 0 and run.eval_rows and final):
             record.update(run_eval())
-        if dist.is_main():
-            append_jsonl(out / "metrics.jsonl", record)
-            shown = [{"step": step + 1, "prompt": groups.prompts[i // G]["problem"], "completion": texts[i],
-                      "reward": total[i], **{k: v[i] for k, v in per_reward.items()}}
-                     for i in range(0, min(config.log_samples * G, N), G)]  # one completion of each of the first prompts
-            for row in shown:
-                append_jsonl(out / "samples.jsonl", row)
-            trackers.log(record)
-            trackers.samples(step + 1, shown)
+        write_step(run, step + 1, record, groups)
         bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_len']:.0f}")
         last = record
-        stop_after_bad_steps(bad_steps, step + 1, ckpt.latest_checkpoint(out))
+        stop_after_bad_steps(run.bad_updates, step + 1, ckpt.latest_checkpoint(run.out))
         if (step + 1) % config.save_every == 0 or final:
-            ckpt.save_training(out, step + 1, model, tokenizer, optimizer, scheduler,
-                               {"data_position": position,
-                                **({"curriculum": curriculum.state_dict()} if curriculum is not None else {})},
-                               keep=config.keep_checkpoints)
-            if dist.is_main():
-                plot_metrics(out / "metrics.jsonl", PLOT_KEYS[:1] + [f"reward/{r.name}" for r in specs] + PLOT_KEYS[1:],
-                             out / "training_curves.png", "GRPO")  # each reward's curve after the total
+            save(run, step + 1, position)
         if out_of_time:
             break
-    trackers.close()
+    run.trackers.close()
     if first_eval and dist.is_main():
         print(f"held-out accuracy {first_eval['eval/accuracy']:.3f} -> {last.get('eval/accuracy', float('nan')):.3f}, "
               f"format {first_eval['eval/format_rate']:.3f} -> {last.get('eval/format_rate', float('nan')):.3f}")
     return last
-

@@ -94,11 +94,10 @@ def plain_grpo_steps(groups, config: GRPOConfig):
     return model, losses, norms
 
 
-CASES = {
+CASES = {  # every setting the update branches on, each value at least once (micro-batches in all)
     "beta0-skip": dict(beta=0.0, skip_zero_advantage=True),
-    "beta0-noskip": dict(beta=0.0, skip_zero_advantage=False),
+    "beta0-noskip-topk-topp": dict(beta=0.0, skip_zero_advantage=False, top_k=30, top_p=0.9, temperature=0.8),
     "beta0.5": dict(beta=0.5),
-    "beta0-topk-topp-skip": dict(beta=0.0, top_k=30, top_p=0.9, temperature=0.8),
     "beta0.5-topk-topp": dict(beta=0.5, top_k=30, top_p=0.9, temperature=0.8),
 }
 
