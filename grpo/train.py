@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from common import dist
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps, time_is_up
-from common.runlog import append_jsonl, open_run, plot_metrics
+from common.runlog import append_jsonl, open_run, plot_metrics, read_jsonl
 from common.trackers import start as start_trackers
 from evaluation import eval_metrics
 from grpo.advantages import group_advantages
@@ -52,6 +52,7 @@ from lm import checkpoint as ckpt
 from lm import load_model, lora, sharding, token_logprobs
 from lm.precision import resolve_precision
 from rewards import build_rewards, events
+from rewards.verify import last_boxed
 from tasks import load_math
 
 PLOT_KEYS = ["reward", "reward_std", "loss", "kl", "clip_frac", "completion_len", "truncated_frac",
@@ -245,8 +246,10 @@ def write_step(run: Run, step: int, record: dict, groups) -> None:
         return
     G = run.config.group_size
     append_jsonl(run.out / "metrics.jsonl", record)
-    shown = [{"step": step, "prompt": groups.prompts[i // G]["problem"], "completion": groups.texts[i],
-              "reward": groups.total[i], **{k: v[i] for k, v in groups.per_reward.items()}}
+    gold = lambda row: last_boxed(row.get("solution") or "") or row.get("solution")  # the answer, not the working
+    shown = [{"step": step, "prompt": groups.prompts[i // G]["problem"], "gold": gold(groups.prompts[i // G]),
+              "completion": groups.texts[i], "reward": groups.total[i],
+              **{k: v[i] for k, v in groups.per_reward.items()}}
              for i in range(0, min(run.config.log_samples * G, len(groups.texts)), G)]
     for row in shown:
         append_jsonl(run.out / "samples.jsonl", row)
@@ -307,7 +310,21 @@ def main(config: GRPOConfig) -> dict:
         if out_of_time:
             break
     run.trackers.close()
-    if first_eval and dist.is_main():
-        print(f"held-out accuracy {first_eval['eval/accuracy']:.3f} -> {last.get('eval/accuracy', float('nan')):.3f}, "
-              f"format {first_eval['eval/format_rate']:.3f} -> {last.get('eval/format_rate', float('nan')):.3f}")
+    if dist.is_main():
+        print(summary(run.out, first_eval, last))
     return last
+
+
+def summary(out, first_eval: dict, last: dict) -> str:
+    """The lines a run ends with: where its last checkpoint is, the reward, held-out accuracy if measured."""
+    records = [r for r in read_jsonl(out / "metrics.jsonl") if "reward" in r]
+    lines = [f"last checkpoint: {ckpt.latest_checkpoint(out)}"]
+    if records:
+        q = max(1, len(records) // 4)
+        mean = lambda part: sum(r["reward"] for r in part) / len(part)
+        lines.append(f"reward {mean(records[:q]):.3f} in the first quarter of the steps -> {mean(records[-q:]):.3f} "
+                     f"in the last ({len(records)} steps)")
+    if first_eval:
+        lines.append(f"held-out accuracy {first_eval['eval/accuracy']:.3f} -> {last.get('eval/accuracy', float('nan')):.3f}, "
+                     f"format {first_eval['eval/format_rate']:.3f} -> {last.get('eval/format_rate', float('nan')):.3f}")
+    return "\n".join(lines)

@@ -41,7 +41,12 @@ def test_run_py_grpo_trains_and_writes_every_output(tmp_path):
     assert "eval/accuracy" in metrics[0] and "eval/accuracy" in metrics[-1]
     assert all(0 <= m["sampler_logp_gap"] < 1e-4 for m in metrics[1:])  # float32: sampler and trainer agree
     assert json.loads((out / "config.json").read_text())["group_size"] == 4
-    assert (out / "samples.jsonl").read_text().count("\n") == 3 * 2
+    samples = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 3 * 2
+    from tasks import load_math  # each sample names its problem's gold answer (the boxed value)
+    golds = {r["problem"]: r["solution"] for r in load_math("arithmetic", "train", 5000)}
+    assert all(f"\\boxed{{{s['gold']}}}" in golds[s["prompt"]] for s in samples)
+    assert f"last checkpoint: {out / 'checkpoint-3'}" in proc.stdout and "reward " in proc.stdout
     assert (out / "training_curves.png").stat().st_size > 1000
     trained = AutoModelForCausalLM.from_pretrained(out / "checkpoint-3")
     start = tiny_model()

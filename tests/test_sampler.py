@@ -43,6 +43,26 @@ def test_keyed_uniforms_are_a_pure_function_of_key_and_index_and_look_uniform():
     assert not torch.equal(prompt_keys(0, 1, [3]), prompt_keys(0, 2, [3]))
 
 
+def test_keyed_uniforms_are_jointly_uniform_where_grpo_pairs_them():
+    # Issue 27 asked whether keyed sampling's numbers could bias GRPO: a GRPO step draws u for token t
+    # of member g of prompt b at step s. Neighbours in each of those directions must be independent:
+    # a 16 x 16 histogram of (u, its neighbour) is flat (chi-square, 255 degrees of freedom: 330 is
+    # the 0.1% point; members sharing a key, or a key mixed too little, gives thousands).
+    B, G, T, steps = 8, 8, 128, 100
+    u = torch.stack([uniform(row_keys(prompt_keys(0, s, range(s * B, s * B + B)), G)[:, None], torch.arange(T))
+                     for s in range(steps)]).view(steps, B, G, T)
+
+    def chi2(x, y, bins=16):
+        cells = torch.histc((x * bins).floor() * bins + (y * bins).floor(), bins=bins * bins, min=0, max=bins * bins)
+        expected = len(x) / bins ** 2
+        return ((cells - expected) ** 2 / expected).sum().item()
+
+    pairs = {"token t, t+1": (u[..., :-1], u[..., 1:]), "member g, g+1": (u[:, :, :-1], u[:, :, 1:]),
+             "prompt b, b+1": (u[:, :-1], u[:, 1:]), "step s, s+1": (u[:-1], u[1:])}
+    for name, (x, y) in pairs.items():
+        assert chi2(x.flatten().float(), y.flatten().float()) < 330, name
+
+
 @pytest.mark.parametrize("lean", [True, False])
 def test_a_completion_is_the_same_whichever_batch_its_prompt_lands_in(tok, lean):
     model = sharp(tok)
