@@ -87,7 +87,7 @@ def test_torchrun_grpo_end_to_end_and_resume(tmp_path):
     # cut after step 2 (as if killed), then --resume in 2 processes: steps 3 and 4 come out the same
     shutil.copytree(tmp_path / "full", tmp_path / "cut")
     shutil.rmtree(tmp_path / "cut" / "checkpoint-4")
-    resumed = torchrun("run.py", "grpo", "--resume", str(tmp_path / "cut"), *args[2:], "--output-dir", "ignored")
+    resumed = torchrun("run.py", "grpo", "--resume", str(tmp_path / "cut"))  # the run's own settings (config.json)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     again = read_jsonl(tmp_path / "cut" / "metrics.jsonl")
     assert [r["step"] for r in again] == [0, 1, 2, 3, 4]
