@@ -12,19 +12,26 @@ def run(*args, timeout=120):
                           text=True, timeout=timeout)
 
 
-def test_help_lists_commands_and_flags_with_defaults():
+def test_help_lists_commands_and_flags_with_defaults(capsys):
     top = run("--help")
     assert top.returncode == 0 and "chat" in top.stdout
-    chat = run("chat", "--help")
-    assert chat.returncode == 0 and "--max-new-tokens" in chat.stdout and "(default: 256)" in chat.stdout
+    import run as run_py  # a command's --help in-process (its import is the slow part of a launch)
+    with pytest.raises(SystemExit) as done:
+        run_py.main(["chat", "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "--max-new-tokens" in out and "(default: 256)" in out
 
 
-def test_bad_flag_and_bad_value_give_one_line_errors():
-    for args in (["chat", "--bogus", "1"], ["chat", "--max-new-tokens", "many"], ["nosuchcommand"]):
+def test_bad_flag_and_bad_value_give_one_line_errors(capsys):
+    for args in (["chat", "--bogus", "1"], ["nosuchcommand"]):  # as a user meets them: a process, one line
         out = run(*args)
         assert out.returncode == 2
         assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith("error:"), out.stderr
         assert "Traceback" not in out.stderr
+    import run as run_py
+    assert run_py.main(["chat", "--max-new-tokens", "many"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and err.startswith("error:") and "--max-new-tokens" in err, err
 
 
 def test_chat_answers_with_tiny_model_and_config_file(tmp_path):
