@@ -108,6 +108,7 @@ def set_up(config: GRPOConfig) -> tuple[Run, int, int]:
     rows = load_math(config.dataset, "train", config.train_problems, seed=config.seed)
     eval_rows = (load_math(config.eval_dataset or config.dataset, "test", config.eval_problems, seed=config.seed)
                  if config.eval_every >= 0 else [])
+    specs = build_rewards(config.reward_funcs, config.reward_weights, config.max_completion_length)
     total_updates = config.max_steps * config.num_iterations
     optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
     scheduler = make_scheduler(optimizer, config.lr_scheduler, int(config.warmup_ratio * total_updates), total_updates)
@@ -122,7 +123,6 @@ def set_up(config: GRPOConfig) -> tuple[Run, int, int]:
     if dist.is_main():
         open_run(out, config, start_step if resume_from else None, logs=LOGS)
     trackers = start_trackers(config.report_to if dist.is_main() else "none", out, config)  # --report-to
-    specs = build_rewards(config.reward_funcs, config.reward_weights, config.max_completion_length)
     return Run(config, out, model, tokenizer, ref_model, precision, rows, eval_rows, specs, optimizer, scheduler,
                curriculum, mine, trackers), start_step, position
 
