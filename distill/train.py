@@ -95,6 +95,50 @@ def logits_at_targets(model, batch, device) -> tuple[torch.Tensor, torch.Tensor]
     return model.get_output_embeddings()(hidden[keep]), batch.targets.to(device)[keep]
 
 
+def step_batches(student, tokenizer, stream, prompt_rows, mine, step: int, precision, config) -> tuple[list, list]:
+    """(this rank's micro-batches of the step, whether each is the student's own sample). Without
+    --on-policy the SFT data's rows; with it, a keyed draw picks which slots are the student's completions
+    of the task's prompts (distill/onpolicy.py), all sampled before any update of the step."""
+    accum = config.gradient_accumulation_steps
+    slots = [step * accum + i for i in mine]
+    on = [config.on_policy and is_on_policy(config.seed, step, slot, config.off_policy_fraction) for slot in slots]
+    if not config.on_policy:
+        return [stream[slot] for slot in slots], on
+    student.eval()
+    with precision.autocast():
+        policy = sharding.gathered(student)  # under --fsdp a full copy, once for the step
+        micro = [student_batch(policy, tokenizer, prompt_rows, config.seed, step, slot, config.on_policy_prompts,
+                               config.on_policy_max_new_tokens, config.on_policy_temperature) if o
+                 else stream[slot] for slot, o in zip(slots, on)]
+    student.train()
+    return micro, on
+
+
+def accumulate(student, teacher, micro: list, on: list, n_targets: int, precision, config) -> dict:
+    """Backward of each micro-batch's distillation loss (divided by the step's `n_targets`); returns
+    this rank's summed loss, kd and ce."""
+    totals = {"loss": 0.0, "kd": 0.0, "ce": 0.0}
+    for batch, student_sampled in zip(micro, on):
+        # on the student's samples: the divergence alone, at temperature 1 (no labels to imitate)
+        alpha, temperature = (1.0, 1.0) if student_sampled else (config.alpha, config.temperature)
+        # teacher and student distributions at the labelled positions
+        with precision.autocast():
+            student_logits, targets = logits_at_targets(student, batch, student.device)
+            if alpha > 0:
+                with torch.inference_mode():
+                    teacher_logits = logits_at_targets(teacher, batch, student.device)[0].clone()
+            else:  # alpha 0 is plain SFT of the student: the KD term has weight 0, no teacher pass
+                teacher_logits = student_logits.detach()
+        loss, stats = distillation_loss(student_logits[None], teacher_logits[None], targets[None],
+                                        temperature=temperature, alpha=alpha, kind=config.kind,
+                                        beta=config.beta, normalizer=n_targets)
+        loss.backward()
+        totals["loss"] += loss.item()
+        totals["kd"] += stats["kd"]
+        totals["ce"] += stats["ce"]
+    return totals
+
+
 def main(config: DistillConfig) -> dict:
     device = dist.init(config.device)  # several processes under torchrun; one otherwise
     mine = dist.my_slice(config.gradient_accumulation_steps, "--gradient-accumulation-steps")  # this rank's
@@ -145,48 +189,18 @@ def main(config: DistillConfig) -> dict:
             append_jsonl(out / "metrics.jsonl", {"step": 0, **first_eval})
             trackers.log({"step": 0, **first_eval})
     student.train()
-    device, accum, last, bad_steps = student.device, config.gradient_accumulation_steps, {}, 0
+    accum, last, bad_steps = config.gradient_accumulation_steps, {}, 0
     started = time.perf_counter()
     bar = tqdm(range(start_step, config.max_steps), desc="distill", unit="step", initial=start_step,
                total=config.max_steps, disable=not dist.is_main())
     for step in bar:
         t0 = time.perf_counter()
-        # ---- this rank's micro-batches of the step: the SFT data's, or (--on-policy) the student's own
-        # completions of the task's prompts (distill/onpolicy.py), sampled before any update of the step
-        slots = [step * accum + i for i in mine]
-        on = [config.on_policy and is_on_policy(config.seed, step, slot, config.off_policy_fraction) for slot in slots]
-        if config.on_policy:
-            student.eval()
-            with precision.autocast():
-                policy = sharding.gathered(student)  # under --fsdp a full copy, once for the step
-                micro = [student_batch(policy, tokenizer, prompt_rows, config.seed, step, slot, config.on_policy_prompts,
-                                       config.on_policy_max_new_tokens, config.on_policy_temperature) if o
-                         else stream[slot] for slot, o in zip(slots, on)]
-            policy = None
-            student.train()
-        else:
-            micro = [stream[slot] for slot in slots]
+        # ---- this rank's micro-batches: the SFT data's, or (--on-policy) the student's own completions
+        micro, on = step_batches(student, tokenizer, stream, prompt_rows, mine, step, precision, config)
         t_sampled = time.perf_counter()
+        # ---- algorithm: the distillation loss, accumulated over the micro-batches with the step's normaliser
         n_targets = max(1, int(dist.all_sum(sum(b.num_targets for b in micro))))  # the whole step's
-        totals = {"loss": 0.0, "kd": 0.0, "ce": 0.0}
-        for batch, student_sampled in zip(micro, on):
-            # on the student's samples: the divergence alone, at temperature 1 (no labels to imitate)
-            alpha, temperature = (1.0, 1.0) if student_sampled else (config.alpha, config.temperature)
-            # ---- algorithm: teacher and student distributions at the labelled positions
-            with precision.autocast():
-                student_logits, targets = logits_at_targets(student, batch, device)
-                if alpha > 0:
-                    with torch.inference_mode():
-                        teacher_logits = logits_at_targets(teacher, batch, device)[0].clone()
-                else:  # alpha 0 is plain SFT of the student: the KD term has weight 0, no teacher pass
-                    teacher_logits = student_logits.detach()
-            loss, stats = distillation_loss(student_logits[None], teacher_logits[None], targets[None],
-                                            temperature=temperature, alpha=alpha, kind=config.kind,
-                                            beta=config.beta, normalizer=n_targets)
-            loss.backward()
-            totals["loss"] += loss.item()
-            totals["kd"] += stats["kd"]
-            totals["ce"] += stats["ce"]
+        totals = accumulate(student, teacher, micro, on, n_targets, precision, config)
         totals = dist.sum_dicts(totals)
         dist.sum_gradients(student)
         grad_norm, stepped = clipped_step(student, optimizer, scheduler, totals["loss"], config.max_grad_norm, step + 1)
