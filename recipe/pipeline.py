@@ -73,7 +73,7 @@ def sizes(quick: bool) -> dict:
                     grpo_steps=1, grpo_minutes=0, group=4, prompts=2, rejection_prompts=4, distill_minutes=0,
                     distill_steps=2, student_layers="1", eval_problems=4, tokens=24, max_length=1400, accumulation=1)
     # minutes bound the sampling stages (steps are an upper bound); SFT 1 is the 80-step cold start of
-    # `make demo`, the length at which GRPO finds signal at level 3 (README). SFT 2, from the GRPO model,
+    # `make demo`, the length at which GRPO finds signal at level 3 (docs/results.md). SFT 2, from the GRPO model,
     # takes half that (vs SFT 1: +0.092 at 40 steps, session 11; +0.128 at 80, session 10), and
     # distillation 6 minutes a student (its target is out of reach on this CPU at any size that fits):
     # the minutes go to 300 held-out problems instead of 200, which narrow the paired intervals

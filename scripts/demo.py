@@ -10,7 +10,7 @@ time in ten at T=1, too seldom for GRPO to move it (session 4: 0.145 -> 0.090 he
 noise). GRPO trains on level-3 problems (3 operands), where the 80-step model is right about a
 quarter of the time, so most groups of 8 hold both right and wrong answers; at 4 operands it is right
 a few times in a hundred and groups seldom differ. Held-out accuracy is pass@1 over 4 samples per
-problem at GRPO's own temperature, 1.0, where its effect shows most (the README has T=0.6 and greedy
+problem at GRPO's own temperature, 1.0, where its effect shows most (docs/results.md has T=0.6 and greedy
 too).
 
 `--seed` is the GRPO stage's seed (its training problems, their order, its sampling); the cold start

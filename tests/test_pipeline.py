@@ -32,7 +32,7 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     # stage 3 trained on stage 2's file; stage 7's student has half of stage 6's teacher's layers
     assert json.loads((tmp_path / "3-sft1" / "config.json").read_text())["dataset"].endswith("cold_start.jsonl")
     assert json.loads((tmp_path / "7-distill" / "config.json").read_text())["teacher"].startswith(str(tmp_path / "6-sft2"))
-    # the GRPO stage resamples groups without signal (DAPO's dynamic sampling), as README's pipeline section says
+    # the GRPO stage resamples groups without signal (DAPO's dynamic sampling), as docs/results.md's pipeline row says
     assert json.loads((tmp_path / "4-grpo2" / "config.json").read_text())["dynamic_sampling"] is True
     # SFT 2 starts from the GRPO model (rejection-sampling fine-tuning) at GRPO's gentle rate, on stage 5's data
     sft2 = json.loads((tmp_path / "6-sft2" / "config.json").read_text())
