@@ -54,9 +54,10 @@ def generate_and_score(model, tokenizer, rows: list[dict], specs, *, samples_per
                      pad_token_id=tokenizer.pad_token_id, keys=prompt_keys(seed, 0, idx),
                      cuda_graphs=None if policy is model else False)  # a copy used once captures no graphs
         lengths = out.completion_mask.sum(-1).tolist()
-        texts = [tokenizer.decode(ids[:length], skip_special_tokens=True)
-                 for ids, length in zip(out.completion_ids.tolist(), lengths)]
+        ids = [row[:length] for row, length in zip(out.completion_ids.tolist(), lengths)]
+        texts = [tokenizer.decode(row, skip_special_tokens=True) for row in ids]
         columns = {k: [rows[i][k] for i in idx for _ in range(n)] for k in ("problem", "solution")}
+        columns.update(completion_length=lengths, completion_ids=ids)
         per_reward, total = score(specs, texts, columns)
         for j, i in enumerate(idx):
             s = slice(j * n, (j + 1) * n)

@@ -88,10 +88,10 @@ def sample_groups(policy, tokenizer, prompts: list[dict], positions: range, step
                top_k=config.top_k, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                keys=prompt_keys(config.seed, step, positions), cuda_graphs=cuda_graphs)
     lengths = s.completion_mask.sum(-1)                                           # (N,)
-    texts = tokenizer.batch_decode([ids[:n] for ids, n in zip(s.completion_ids.tolist(), lengths.tolist())],
-                                   skip_special_tokens=True)
+    ids = [row[:n] for row, n in zip(s.completion_ids.tolist(), lengths.tolist())]
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
     columns = {k: [r[k] for r in prompts for _ in range(G)] for k in prompts[0] if k != "worked"}
-    columns["completion_length"] = lengths.tolist()
+    columns.update(completion_length=lengths.tolist(), completion_ids=ids)
     per_reward, total = score(specs, texts, columns)
     return Groups(prompts, s, texts, per_reward, total)
 

@@ -29,7 +29,8 @@ def test_run_py_grpo_trains_and_writes_every_output(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "run.py", "grpo", "--model", "tiny", "--group-size", "4", "--prompts-per-step", "2",
            "--max-completion-length", "12", "--max-steps", "3", "--learning-rate", "1e-3", "--save-every", "2",
-           "--eval-problems", "4", "--output-dir", str(out), "--reward-funcs", SIGNAL["reward_funcs"],
+           "--eval-problems", "4", "--output-dir", str(out),  # and a reward written for TRL's chat prompts:
+           "--reward-funcs", SIGNAL["reward_funcs"] + ",tests.toy_rewards:vowel_share_chat",
            "--beta", "0.04"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -40,6 +41,10 @@ def test_run_py_grpo_trains_and_writes_every_output(tmp_path):
         assert key in metrics[1], key
     assert "eval/accuracy" in metrics[0] and "eval/accuracy" in metrics[-1]
     assert all(0 <= m["sampler_logp_gap"] < 1e-4 for m in metrics[1:])  # float32: sampler and trainer agree
+    # the same share read from TRL's chat messages (completion[0]["content"]) as from strings
+    assert all(m["reward/tests.toy_rewards:vowel_share_chat"] == m["reward/tests.toy_rewards:vowel_share"] > 0
+               for m in metrics[1:])
+    assert "reward tests.toy_rewards:vowel_share_chat: takes chat messages" in proc.stderr
     assert json.loads((out / "config.json").read_text())["group_size"] == 4
     samples = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 3 * 2

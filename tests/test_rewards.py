@@ -238,3 +238,54 @@ def test_answer_formats_for_models_not_trained_on_the_tags():
         assert tuple(extract_answer(text, f) for f in ("r1", "boxed", "auto")) == expected, text
     assert accuracy_reward(["Adding up, the answer is 42."], solution=["42"], answer_format="auto") == [1.0]
     assert accuracy_reward(["Adding up, the answer is 42."], solution=["42"]) == [0.0]   # training: strict
+
+
+def test_a_reward_written_for_trls_chat_prompts_runs_unchanged(capsys):
+    # open-r1's way of writing a reward (TRL's conversational format): completion[0]["content"],
+    # the dataset's columns and TRL's prompts / completion_ids as keyword arguments
+    seen = {}
+
+    def ends_with_gold(completions, solution, prompts, completion_ids, **kwargs):
+        contents = [completion[0]["content"] for completion in completions]
+        seen.update(prompts=prompts, completion_ids=completion_ids)
+        return [1.0 if c.endswith(s) else 0.0 for c, s in zip(contents, solution)]
+
+    from rewards.registry import RewardSpec
+    from lm.chat import SYSTEM_PROMPT
+    spec = RewardSpec("mine:ends_with_gold", ends_with_gold, 1.0, takes=None)
+    events.take()
+    columns = {"problem": ["1+2", "3+4"], "solution": ["3", "7"], "completion_ids": [[5, 6], [7]]}
+    per, total = score([spec], ["so 3", "so 8"], columns)
+    assert per["mine:ends_with_gold"] == [1.0, 0.0] and total == [1.0, 0.0] and events.take() == {}
+    assert spec.takes == "messages"
+    assert seen["prompts"][1] == [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "3+4"}]
+    assert seen["completion_ids"] == [[5, 6], [7]]
+    assert "mine:ends_with_gold: takes chat messages" in capsys.readouterr().err
+    assert score([spec], ["so 7"], {"problem": ["3+4"], "solution": ["7"], "completion_ids": [[1]]})[1] == [1.0]
+    assert capsys.readouterr().err == ""                                     # found out once, said once
+
+    def text_reward(completions, prompts, **kwargs):                         # strings stay strings
+        return [float(c.startswith(p)) for c, p in zip(completions, prompts)]
+    plain = RewardSpec("mine:text", text_reward, 1.0, takes=None)
+    assert score([plain], ["1+2=3", "no"], {"problem": ["1+2", "3+4"]})[0]["mine:text"] == [1.0, 0.0]
+    assert plain.takes == "text" and "mine:text: takes completions as strings" in capsys.readouterr().err
+
+
+def test_a_reward_failing_on_a_whole_batch_says_so_once_with_its_first_error(capsys):
+    def broken(completions, **kwargs):
+        return [len(c) / undefined_name for c in completions]  # noqa: F821
+
+    from rewards.registry import RewardSpec
+    spec = RewardSpec("mine:broken", broken, 1.0, takes=None)
+    events.take()
+    assert score([spec], ["a", "b", "c"], {"problem": ["x"] * 3})[1] == [0.0, 0.0, 0.0]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "reward mine:broken failed on all 3 completions" in err
+    assert "NameError: name 'undefined_name' is not defined" in err and "reward_events/mine:broken/failed" in err
+    assert events.take() == {"mine:broken/failed": 3}
+    score([spec], ["d"], {"problem": ["x"]})
+    assert capsys.readouterr().err == "" and events.take() == {"mine:broken/failed": 1}
+    nan = RewardSpec("nan", lambda completions, **kw: [float("nan")] * len(completions), 1.0)
+    score([nan], ["a"], {})
+    err = capsys.readouterr().err
+    assert "reward nan failed on all 1 completions" in err and "first error: returned nan, not a number" in err

@@ -26,3 +26,9 @@ def constant_on_rank_0(completions, **columns):
     """1.0 for every completion on rank 0 (its groups carry no signal), the vowel share elsewhere."""
     from common import dist
     return [1.0] * len(completions) if dist.rank() == 0 else vowel_share(completions)
+
+
+def vowel_share_chat(completions, prompts, completion_ids, **kwargs):
+    """vowel_share written as TRL's conversational examples write rewards: completions as message lists."""
+    assert prompts[0][-1]["role"] == "user" and all(isinstance(i, int) for i in completion_ids[0])
+    return vowel_share([completion[0]["content"] for completion in completions])
