@@ -73,7 +73,8 @@ class GRPOConfig(LoraFlags):
     save_every: int = arg(25, "checkpoint every k steps (and at the end)")
     keep_checkpoints: int = arg(2, "how many recent checkpoints to keep")
     eval_every: int = arg(0, "run the held-out eval every k steps (0: before and after only; -1: never)")
-    eval_dataset: str = arg("", "held-out dataset for eval (empty: the training dataset's test split)")
+    eval_dataset: str = arg("", "held-out dataset for eval (empty: the training dataset's test split; a local "
+                                  "file's test split is a fixed tenth of its rows that training never sees)")
     eval_problems: int = arg(100, "held-out problems per eval")
     log_samples: int = arg(2, "decoded completions per step written to samples.jsonl")
     resume: str = arg("", "a run folder (or checkpoint folder) to continue exactly")

@@ -28,7 +28,8 @@ from tasks import load_math
 class EvalConfig:
     model: str = arg("smollm2-135m", "model(s) to score: a name, folder or hub id; comma-separated to compare")
     dataset: str = arg("arithmetic", "math dataset: arithmetic[:levels], a local file, or a hub id")
-    split: str = arg("test", "split to score (the built-in task's test split never meets its train split)")
+    split: str = arg("test", "split to score (the built-in task's test split never meets its train split; a local "
+                             "file without splits: test is a fixed tenth its train split never holds, all every row)")
     num_problems: int = arg(200, "how many problems")
     samples_per_problem: int = arg(1, "completions per problem (pass@k up to this k)")
     temperature: float = arg(0.0, "0 is greedy")

@@ -5,7 +5,9 @@ Specs:
     arithmetic:4          one level;  arithmetic:3-5  a range of levels
     arithmetic:3x4        level 3's problems with 4 operands (any level or range, then xK)
     arithmetic:3+3x4      a mix: the parts' problems in turn (here level 3, then 3x4, then level 3...)
-    path/to/file.jsonl    a local .jsonl, .json or .parquet file
+    path/to/file.jsonl    a local .jsonl, .json or .parquet file; a problem file without splits (all
+                          but a .json object keyed by split) holds out a fixed tenth of its rows as
+                          split test, trains on the rest (train), `all` is every row (`file_split`)
     owner/name            a Hugging Face hub dataset (needs the hub); owner/name:config for one of
                           its configurations (openai/gsm8k:main, HuggingFaceH4/MATH-500)
 
@@ -21,6 +23,8 @@ SFT and distillation read them, from Bespoke-Stratos `conversations`, chat `mess
 A missing or empty column fails at load time with one line naming the file, the row and the column.
 """
 import json
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -76,26 +80,39 @@ def stream_rows(rows: list[dict], seed: int, position: int, count: int) -> list[
     return out
 
 
+def read_file(path: Path, split: str) -> tuple[list, bool]:
+    """(the rows of a local .jsonl, .json or .parquet file, whether they are the file's own `split`):
+    only a .json object of lists keyed by split names has splits."""
+    if not path.exists():
+        raise DataError(f"dataset file {path} does not exist")
+    if path.suffix == ".jsonl":
+        rows = []
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path} line {i}: not valid JSON ({e.msg})") from None
+        return rows, False
+    if path.suffix == ".json":
+        data = json.loads(path.read_text())
+        if isinstance(data, list):
+            return data, False
+        if split in data:
+            return data[split], True
+        if "data" in data:
+            return data["data"], False
+        raise DataError(f"{path} has no split {split!r}; its splits: {', '.join(map(str, data)) or '(none)'}")
+    import pandas as pd
+    return pd.read_parquet(path).to_dict("records"), False
+
+
 def read_rows(spec: str, split: str = "train") -> list[dict]:
-    """Rows of a local file or hub dataset, unvalidated."""
+    """Rows of a local file or hub dataset, unvalidated (a local file's rows whatever the split, unless
+    it has splits)."""
     path = Path(spec)
     if path.suffix in FILE_SUFFIXES:
-        if not path.exists():
-            raise DataError(f"dataset file {spec} does not exist")
-        if path.suffix == ".jsonl":
-            rows = []
-            for i, line in enumerate(path.read_text().splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{spec} line {i}: not valid JSON ({e.msg})") from None
-            return rows
-        if path.suffix == ".json":
-            data = json.loads(path.read_text())
-            return data if isinstance(data, list) else data.get(split, data.get("data", []))
-        import pandas as pd
-        return pd.read_parquet(path).to_dict("records")
+        return read_file(path, split)[0]
     name, _, subset = spec.partition(":")  # openai/gsm8k:main names the hub dataset's configuration
     if name.count("/") != 1 or name.startswith((".", "/")):
         raise DataError(f"dataset {spec!r}: not a .jsonl/.json/.parquet file, 'arithmetic', or a hub id")
@@ -105,6 +122,30 @@ def read_rows(spec: str, split: str = "train") -> list[dict]:
     except Exception as e:  # offline, unknown id, unknown split: one line, the cause named
         raise DataError(f"dataset {spec!r} (split {split}) could not be loaded: "
                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+_said: set = set()
+
+
+def file_split(rows: list, source: str, split: str) -> list:
+    """A split of a problem file that has none: `test` is a fixed tenth of its rows (at most 1,000,
+    drawn with seed 0: the same rows in every run, whatever --seed), `train` the other rows, `all`
+    every row. So GRPO's evaluation on its own training file, and `run.py eval` of that file, score
+    problems that training never saw. Said once on the console."""
+    if split not in ("train", "test", "all"):
+        raise DataError(f"{source} has no split {split!r}: a file without splits has train (all but a "
+                        f"held-out tenth), test (that tenth) and all")
+    n = len(rows)
+    held = set(torch.randperm(n, generator=torch.Generator().manual_seed(0))[:min(1000, n // 10)].tolist())
+    out = rows if split == "all" else [r for i, r in enumerate(rows) if (i in held) == (split == "test")]
+    if not out:
+        raise DataError(f"{source}: {n} rows are too few to hold a tenth out for split test; "
+                        f"--split all scores every row, --eval-dataset names a held-out file")
+    if (source, split) not in _said and os.environ.get("RANK", "0") == "0":
+        _said.add((source, split))
+        print(f"{source} has no splits: split {split} is {len(out)} of its {n} rows (test: a fixed tenth, "
+              f"the same in every run, never trained on; train: the rest; all: every row)", file=sys.stderr)
+    return out
 
 
 def require(rows: list[dict], columns: tuple[str, ...], source: str) -> None:
@@ -139,9 +180,11 @@ def load_math(spec: str, split: str = "train", limit: int | None = None, seed: i
     arithmetic = arithmetic_problems(spec, split, limit, seed)
     if arithmetic is not None:
         return arithmetic
-    rows = [math_row(row, i, spec) for i, row in enumerate(read_rows(spec, split)[:limit])]
+    path = Path(spec)
+    raw, has_split = read_file(path, split) if path.suffix in FILE_SUFFIXES else (read_rows(spec, split), True)
+    rows = [math_row(row, i, spec) for i, row in enumerate(raw[:limit] if has_split else raw)]
     require(rows, ("problem", "solution"), spec)
-    return rows
+    return rows if has_split else file_split(rows, spec, split)[:limit]
 
 
 def to_messages(row: dict, index: int, source: str) -> list[dict]:

@@ -55,20 +55,25 @@ def test_fsdp_outside_torchrun_is_a_one_line_error(tmp_path):
         main(SFTConfig(model="tiny", fsdp=True, max_steps=1, output_dir=str(tmp_path)))
 
 
-def test_eval_reads_a_gsm8k_file_with_any_answer_format(tmp_path):
+def test_eval_reads_a_gsm8k_file_with_any_answer_format_on_its_held_out_tenth(tmp_path):
     data = tmp_path / "gsm8k.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"})
-                            + "\n" for i in range(3)))
-    out = run("eval", "--model", "tiny", "--dataset", str(data), "--num-problems", "3", "--max-new-tokens", "4",
+                            + "\n" for i in range(30)))
+    out = run("eval", "--model", "tiny", "--dataset", str(data), "--num-problems", "5", "--max-new-tokens", "4",
               "--answer-format", "auto", "--output-dir", str(tmp_path / "eval"))
     assert out.returncode == 0, out.stderr
+    assert "gsm8k.jsonl has no splits: split test is 3 of its 30 rows" in out.stderr
     report = json.loads((tmp_path / "eval" / "report.json").read_text())["models"]["tiny"]
     assert report["problems"] == 3 and 0 <= report["accuracy"] <= 1
     samples = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
-    assert [s["solution"] for s in samples] == ["1", "2", "3"]
-    from recipe.evaluate import EvalConfig   # a bad value: the config's one-line error (run.py prints it)
+    from tasks import load_math   # the file's fixed held-out tenth, which GRPO's train split never holds
+    train = {r["solution"] for r in load_math(str(data), "train")}
+    assert len(train) == 27 and not train & {s["solution"] for s in samples}
+    from recipe.evaluate import EvalConfig, main   # a bad value: the config's one-line error (run.py prints it)
     with pytest.raises(ValueError, match=r"^--answer-format 'latex': choose one of r1, boxed, auto$"):
         EvalConfig(answer_format="latex")
+    with pytest.raises(ValueError, match=r"gsm8k.jsonl has no split 'no_such_split': a file without splits"):
+        main(EvalConfig(model="tiny", dataset=str(data), split="no_such_split", output_dir=str(tmp_path / "e2")))
 
 
 def test_a_newcomers_mistakes_are_one_line_errors(tmp_path, monkeypatch, capsys):

@@ -136,3 +136,33 @@ def test_the_standard_math_sets_take_their_gold_from_the_right_column(tmp_path):
     bad.write_text(json.dumps({"question": "q", "answer": "no marker"}) + "\n")
     with pytest.raises(DataError, match=r"bad.jsonl row 0: GSM8K-style row without '#### <answer>'"):
         load_math(str(bad))
+
+
+def test_a_problem_file_without_splits_holds_a_fixed_tenth_out_that_training_never_sees(tmp_path, capsys):
+    import tasks.loaders
+    path = tmp_path / "math.jsonl"
+    path.write_text("".join(json.dumps({"problem": f"{i}+1", "solution": str(i + 1)}) + "\n" for i in range(50)))
+    train, test, every = (load_math(str(path), split) for split in ("train", "test", "all"))
+    assert (len(train), len(test), len(every)) == (45, 5, 50)
+    assert {r["problem"] for r in train} | {r["problem"] for r in test} == {r["problem"] for r in every}
+    assert not {r["problem"] for r in train} & {r["problem"] for r in test}
+    assert load_math(str(path), "test", seed=7) == test and load_math(str(path), "train", limit=3) == train[:3]
+    assert "math.jsonl has no splits: split test is 5 of its 50 rows" in capsys.readouterr().err
+    for spec in (str(path), str(tmp_path / "math.json"), str(tmp_path / "math.parquet")):
+        if spec.endswith(".json"):
+            (tmp_path / "math.json").write_text(json.dumps(every))
+        elif spec.endswith(".parquet"):
+            import pandas as pd
+            pd.DataFrame(every).to_parquet(spec)
+        assert load_math(spec, "test") == test
+        with pytest.raises(DataError, match=r"has no split 'no_such_split': a file without splits has train"):
+            load_math(spec, "no_such_split")
+    (tmp_path / "split.json").write_text(json.dumps({"train": every[:40], "test": every[40:]}))
+    assert load_math(str(tmp_path / "split.json"), "test") == every[40:]    # a file with splits keeps them
+    with pytest.raises(DataError, match=r"split.json has no split 'validation'; its splits: train, test"):
+        load_math(str(tmp_path / "split.json"), "validation")
+    path.write_text(json.dumps({"problem": "1+1", "solution": "2"}) + "\n")
+    assert len(load_math(str(path))) == 1                                    # too few to hold out: all train
+    with pytest.raises(DataError, match=r"1 rows are too few to hold a tenth out for split test; --split all"):
+        load_math(str(path), "test")
+    tasks.loaders._said.clear()
