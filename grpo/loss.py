@@ -26,7 +26,9 @@ Choices, named:
   whose probabilities differ from the trainer's (a bfloat16 copy, another kernel), the policy-gradient
   term of each token is weighted by min(exp(old_logp - sampler_logp), tis_cap), detached: the
   importance weight from the sampler's distribution to the trainer's, capped to bound the variance.
-  The KL term is not weighted (it is an expectation under the trainer's own policy).
+  The KL term is not weighted (it is an expectation under the trainer's own policy). `tis_logp`, when
+  given, replaces old_logp in the weight: the trainer's log-probs without dropout (LoRA's), so the
+  weight corrects the sampler, not the dropout noise of one forward pass.
 
 Shapes: N sequences, T completion tokens. `mask` is 1 on completion tokens (up to the first EOS).
 """
@@ -42,7 +44,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
               epsilon_high: float | None = None, beta: float = 0.0, loss_type: str = "grpo",
               max_completion_length: int | None = None, normalizer: float | None = None,
               importance_sampling_level: str = "token", sampler_logp: torch.Tensor | None = None,
-              tis_cap: float | None = None) -> tuple[torch.Tensor, dict]:
+              tis_cap: float | None = None, tis_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Scalar loss and stats (plain floats); see the module docstring for the formula."""
     N, T = logp.shape
     assert old_logp.shape == (N, T) and mask.shape == (N, T) and adv.shape == (N,), \
@@ -68,7 +70,8 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     if tis_cap is not None:
         if sampler_logp is None or tis_cap <= 0:
             raise ValueError("tis_cap needs sampler_logp and a cap > 0")
-        tis = torch.exp(old_logp - sampler_logp).clamp(max=tis_cap).detach()     # (N, T) TIS weights
+        trainer = old_logp if tis_logp is None else tis_logp
+        tis = torch.exp(trainer - sampler_logp).clamp(max=tis_cap).detach()      # (N, T) TIS weights
         per_token = per_token * tis
     kl = None
     if beta != 0.0:

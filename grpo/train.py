@@ -179,6 +179,12 @@ def update(run: Run, step: int, s, adv: torch.Tensor, mask: torch.Tensor) -> dic
                      for idx in micro] if config.beta > 0 else None)
     with torch.no_grad():
         old_logp = [logps_of(model, idx)[0] for idx in micro] if config.num_iterations > 1 else None
+    # the trainer's log-probs without dropout (LoRA's), for the sampler comparison and TIS's weight:
+    # they compare the sampler with the trainer, not with one forward pass's dropout noise
+    plain_logp = None
+    if lora.has_dropout(model):
+        with torch.no_grad(), lora.dropout_off(model):
+            plain_logp = [logps_of(model, idx)[0] for idx in micro]
     # the whole step's denominator on every rank: the ranks' losses add up to the full-batch loss
     normalizer = {"grpo": N_all, "dr_grpo": N_all * config.max_completion_length,
                   "dapo": max(1.0, dist.all_sum(mask.sum().item()))}[config.loss_type]
@@ -193,7 +199,8 @@ def update(run: Run, step: int, s, adv: torch.Tensor, mask: torch.Tensor) -> dic
                 epsilon=config.epsilon, epsilon_high=config.epsilon_high, beta=config.beta,
                 loss_type=config.loss_type, max_completion_length=config.max_completion_length,
                 normalizer=normalizer, importance_sampling_level=config.importance_sampling_level,
-                sampler_logp=s.sampler_logp[idx], tis_cap=config.tis_cap if config.sampler_correction == "tis" else None)
+                sampler_logp=s.sampler_logp[idx], tis_cap=config.tis_cap if config.sampler_correction == "tis" else None,
+                tis_logp=plain_logp[j] if plain_logp is not None else None)
             loss.backward()
             step_loss += loss.item()
             for k, v in stats.items():
@@ -201,7 +208,8 @@ def update(run: Run, step: int, s, adv: torch.Tensor, mask: torch.Tensor) -> dic
             entropy_sum += (entropy.detach() * s.completion_mask[idx]).sum().item()
             if iteration == 0:  # sampler vs trainer on the same weights (bfloat16 copies vs float32
                 # master weights on a GPU, two code paths): log-prob gap, k3 estimate of KL, ratio
-                for k, v in sampler_mismatch(s.sampler_logp[idx], logp.detach(), s.completion_mask[idx]).items():
+                trainer = plain_logp[j] if plain_logp is not None else logp.detach()
+                for k, v in sampler_mismatch(s.sampler_logp[idx], trainer, s.completion_mask[idx]).items():
                     mismatch[k] = max(mismatch.get(k, 1.0), v) if k.endswith("_max") else mismatch[k] + v
         dist.sum_gradients(model)  # the full batch's gradient on every rank (0 if untrained)
         grad_norm, stepped = clipped_step(model, run.optimizer, run.scheduler, dist.all_sum(step_loss),

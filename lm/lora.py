@@ -89,6 +89,22 @@ def adapters_off(model):
         yield model
 
 
+def has_dropout(model) -> bool:
+    """Whether a forward pass of `model` in its current mode drops anything (LoRA's dropout)."""
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in model.modules())
+
+
+@contextlib.contextmanager
+def dropout_off(model):
+    """`model` without dropout inside the block (eval mode), its mode restored after."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
 def trainable_parameters(model) -> tuple[int, int]:
     """(trainable, all) parameter counts."""
     return (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))

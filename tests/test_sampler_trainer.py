@@ -91,3 +91,33 @@ def test_tis_weights_the_policy_gradient_term_by_the_capped_ratio():
     assert plain.item() == pytest.approx(-1.0)   # without the new arguments: exactly as before
     with pytest.raises(ValueError, match="tis_cap needs sampler_logp"):
         grpo_loss(logp, logp.detach(), None, adv, mask, tis_cap=2.0)
+
+
+def test_tis_weights_from_the_trainers_log_probs_without_dropout():
+    # the same completion; this forward pass's log-probs carry dropout noise (logp), the trainer's
+    # without dropout (tis_logp) equal the sampler's: weights exp(0) = 1, per-token loss -1
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    plain = torch.tensor([[-1.5, -0.5]])
+    adv, mask = torch.tensor([1.0]), torch.ones(1, 2)
+    loss, _ = grpo_loss(logp, logp.detach(), None, adv, mask, sampler_logp=plain, tis_cap=1.5, loss_type="dapo",
+                        tis_logp=plain)
+    assert loss.item() == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_lora_dropout_stays_out_of_the_sampler_comparison_and_tis(tmp_path):
+    # issue 28 item 5: with LoRA dropout the trainer's forward pass is noisy; the sampler/trainer gap
+    # and TIS's weights must compare the sampler with the trainer's log-probs without dropout
+    import json
+    import grpo.train
+    from grpo.config import GRPOConfig
+    kw = dict(model="tiny", group_size=4, prompts_per_step=2, max_completion_length=8, max_steps=2,
+              micro_batch_size=4, learning_rate=1e-2, eval_every=-1, save_every=2,
+              reward_funcs="tests.toy_rewards:vowel_share", use_peft=True, lora_r=4, lora_dropout=0.5)
+    metrics = {}
+    for name, extra in (("plain", {}), ("tis", {"sampler_correction": "tis"})):
+        grpo.train.main(GRPOConfig(**kw, **extra, output_dir=str(tmp_path / name)))
+        metrics[name] = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    for m in metrics["plain"] + metrics["tis"]:
+        assert m["sampler_logp_gap"] < 1e-5, m                    # float32: the same distribution
+    for a, b in zip(metrics["plain"], metrics["tis"]):           # so TIS's weights are 1: the same update
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-6) and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
