@@ -5,7 +5,9 @@ Names understood by `load_model`:
   The first load converts it to safetensors in a cache folder (about 40 s); later loads take ~1 s.
 - `tiny`: a tiny random Llama with a character-level tokenizer built in code (tests, smoke runs).
 - a local folder written by `save_pretrained` (every checkpoint this project writes is one).
-- any Hugging Face hub id (needs the hub to be reachable).
+- any Hugging Face hub id: from the hub, or from the local Hugging Face cache when the hub cannot be
+  reached (checked first, in a few seconds; `HF_HUB_OFFLINE=1` skips the check); neither is a one-line
+  error that says how to point at a local folder.
 """
 import importlib.util
 import os
@@ -100,6 +102,26 @@ def tiny_model(tokenizer=None, *, seed: int = 0, hidden_size: int = 64, num_laye
     return LlamaForCausalLM(config)
 
 
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the Hugging Face hub answers at all (any HTTP status counts), within `timeout` seconds;
+    False under HF_HUB_OFFLINE=1. Without this a missing network costs about a minute of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return False
+    import urllib.error
+    import urllib.request
+    try:
+        urllib.request.urlopen(urllib.request.Request(hub_endpoint(), method="HEAD"), timeout=timeout)
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def load_model(name: str, *, dtype: str = "auto", device: str = "auto",
                trust_remote_code: bool = False, training: bool = False):
     """Return (model, tokenizer) for a name (see the module docstring), in eval mode on `device`, its
@@ -116,9 +138,20 @@ def load_model(name: str, *, dtype: str = "auto", device: str = "auto",
             raise FileNotFoundError(
                 f"--model {name!r}: no such folder, and not a hub id (owner/name) nor "
                 f"the built-in {BUILTIN!r}")
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        where = {} if Path(path).exists() else {"local_files_only": not hub_reachable()}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **where)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **where)
+        except OSError as e:
+            if where.get("local_files_only"):
+                raise FileNotFoundError(
+                    f"--model {name!r}: the Hugging Face hub ({hub_endpoint()}) cannot be reached and the model "
+                    f"is not in the local cache; download it where there is a network "
+                    f"(`huggingface-cli download {name} --local-dir DIR`) and pass --model DIR") from None
+            if where:  # the hub answered: no such model, gated, ...
+                raise FileNotFoundError(f"--model {name!r}: {str(e).strip().splitlines()[0]}") from None
+            raise
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

@@ -112,3 +112,15 @@ def test_a_newcomers_mistakes_are_one_line_errors(tmp_path, monkeypatch, capsys)
         parse("--reward-funcs", "syntax_broken:reward")
     with pytest.raises(ConfigError, match="needs_pkg imports 'no_such_package_here', which is not installed"):
         parse("--reward-funcs", "needs_pkg:reward")
+
+
+def test_a_hub_model_without_network_fails_fast_in_one_line(monkeypatch, capsys):
+    import time
+    import run
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")     # nothing listens there
+    start = time.time()
+    assert run.main(["eval", "--model", "someone/no-such-model-here", "--num-problems", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert time.time() - start < 15 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: run.py eval: --model 'someone/no-such-model-here': the Hugging Face hub "
+                          "(http://127.0.0.1:9) cannot be reached") and "--model DIR" in err
