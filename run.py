@@ -5,7 +5,7 @@ import sys
 
 COMMANDS = {
     # name: (module, config class, description)
-    "chat": ("recipe.chat", "ChatConfig", "answer one question with a model and the R1 system prompt"),
+    "chat": ("recipe.chat", "ChatConfig", "talk with a model (R1 system prompt): a conversation, or one question given as an argument"),
     "grpo": ("grpo.train", "GRPOConfig", "train with GRPO (group relative policy optimization) on rewards"),
     "sft": ("sft.train", "SFTConfig", "supervised fine-tuning on conversations, packed (R1 cold start / stage 2)"),
     "distill": ("distill.train", "DistillConfig", "distil a teacher's token distributions into a smaller student"),

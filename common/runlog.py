@@ -80,8 +80,25 @@ def _plain(value):
     return str(value)
 
 
+def summary(out: Path, metric: str, first_eval: dict, last: dict, checkpoint) -> str:
+    """The lines a run ends with: where its last checkpoint is, `metric` (GRPO's reward, the SFT and
+    distillation loss) over the first and last quarter of the steps, held-out accuracy if measured."""
+    records = [r for r in read_jsonl(Path(out) / "metrics.jsonl") if _finite(r.get(metric))]
+    lines = [f"last checkpoint: {checkpoint}"]
+    if records:
+        q = max(1, len(records) // 4)
+        mean = lambda part: sum(r[metric] for r in part) / len(part)
+        lines.append(f"{metric} {mean(records[:q]):.3f} in the first quarter of the steps -> {mean(records[-q:]):.3f} "
+                     f"in the last ({len(records)} steps)")
+    if first_eval and "eval/accuracy" in last:
+        lines.append(f"held-out accuracy {first_eval['eval/accuracy']:.3f} -> {last['eval/accuracy']:.3f}, "
+                     f"format {first_eval['eval/format_rate']:.3f} -> {last['eval/format_rate']:.3f}")
+    return "\n".join(lines)
+
+
 def plot_metrics(metrics_path: str | Path, keys: list[str], out_path: str | Path, title: str = "") -> Path | None:
-    """One PNG with a panel per metric against `step`; a light line for raw values, a dark moving mean."""
+    """One PNG with a panel per metric against `step`: the raw values (a light line, points when there
+    are few), a dark moving mean when there are many; integer step ticks; lines thick enough for a projector."""
     records = read_jsonl(metrics_path)
     keys = [k for k in keys if any(_finite(r.get(k)) for r in records)]
     if not records or not keys:
@@ -90,20 +107,24 @@ def plot_metrics(metrics_path: str | Path, keys: list[str], out_path: str | Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.2 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
         points = [(r["step"], r[key]) for r in records if _finite(r.get(key))]
         steps, values = zip(*points)
-        ax.plot(steps, values, color="tab:blue", alpha=0.35, linewidth=1)
         window = max(1, len(values) // 10)
+        ax.plot(steps, values, color="tab:blue", alpha=0.45 if window > 1 else 1.0, linewidth=2,
+                marker="o" if len(values) <= 30 else None, markersize=4)
         if window > 1:
             smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
                       for i in range(len(values))]
-            ax.plot(steps, smooth, color="tab:blue", linewidth=2)
-        ax.set_title(key, fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
+            ax.plot(steps, smooth, color="tab:blue", linewidth=3)
+        ax.set_title(key, fontsize=12)
+        ax.set_xlabel("step", fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers: no 2.5
+        ax.tick_params(labelsize=9)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")

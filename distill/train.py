@@ -25,7 +25,7 @@ from tqdm import tqdm
 from common import dist
 from common.config import arg
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps, time_is_up
-from common.runlog import append_jsonl, open_run, plot_metrics
+from common.runlog import append_jsonl, open_run, plot_metrics, summary
 from common.trackers import start as start_trackers
 from distill.loss import KINDS, distillation_loss
 from distill.onpolicy import is_on_policy, student_batch
@@ -183,8 +183,8 @@ def main(config: DistillConfig) -> dict:
         with precision.autocast():
             return eval_metrics(student, tokenizer, eval_rows, config.eval_max_new_tokens)
 
-    if eval_rows and start_step == 0:
-        first_eval = run_eval()
+    first_eval = run_eval() if eval_rows and start_step == 0 else {}
+    if first_eval:
         if dist.is_main():
             append_jsonl(out / "metrics.jsonl", {"step": 0, **first_eval})
             trackers.log({"step": 0, **first_eval})
@@ -230,4 +230,6 @@ def main(config: DistillConfig) -> dict:
         if out_of_time:
             break
     trackers.close()
+    if dist.is_main():
+        print(summary(out, "loss", first_eval, last, ckpt.latest_checkpoint(out)))
     return last

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from common import dist
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps, time_is_up
-from common.runlog import append_jsonl, open_run, plot_metrics, read_jsonl
+from common.runlog import append_jsonl, open_run, plot_metrics, summary
 from common.trackers import start as start_trackers
 from evaluation import eval_metrics
 from grpo.advantages import group_advantages
@@ -319,20 +319,5 @@ def main(config: GRPOConfig) -> dict:
             break
     run.trackers.close()
     if dist.is_main():
-        print(summary(run.out, first_eval, last))
+        print(summary(run.out, "reward", first_eval, last, ckpt.latest_checkpoint(run.out)))
     return last
-
-
-def summary(out, first_eval: dict, last: dict) -> str:
-    """The lines a run ends with: where its last checkpoint is, the reward, held-out accuracy if measured."""
-    records = [r for r in read_jsonl(out / "metrics.jsonl") if "reward" in r]
-    lines = [f"last checkpoint: {ckpt.latest_checkpoint(out)}"]
-    if records:
-        q = max(1, len(records) // 4)
-        mean = lambda part: sum(r["reward"] for r in part) / len(part)
-        lines.append(f"reward {mean(records[:q]):.3f} in the first quarter of the steps -> {mean(records[-q:]):.3f} "
-                     f"in the last ({len(records)} steps)")
-    if first_eval:
-        lines.append(f"held-out accuracy {first_eval['eval/accuracy']:.3f} -> {last.get('eval/accuracy', float('nan')):.3f}, "
-                     f"format {first_eval['eval/format_rate']:.3f} -> {last.get('eval/format_rate', float('nan')):.3f}")
-    return "\n".join(lines)

@@ -12,6 +12,7 @@ half-deleted folder that looks complete); leftovers of an interrupted save are r
 A run folder belongs to one run: `start_run` refuses a folder that holds another run's checkpoints
 or logs unless the caller resumes it or asks to overwrite it.
 """
+import os
 import random
 import re
 import shutil
@@ -57,6 +58,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, state: 
     if adapters_of is not None:
         lora.save_adapters(adapters_of, tmp / lora.ADAPTER_DIR)
     torch.save({**state, "step": step, "rng": rng_state()}, tmp / STATE_FILE)
+    readable_files(tmp)
     if final.exists():  # saving the same step again: replace only once the new copy is complete
         old = final.with_name(final.name + ".old")  # listed as the checkpoint while final is missing
         _remove(old)
@@ -69,6 +71,16 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, state: 
         for path in list_checkpoints(output_dir)[:-keep]:
             _remove(path)
     return final
+
+
+def readable_files(folder: Path) -> None:
+    """Every file under `folder` with the mode a plain open() gives (0644 under the usual umask 022):
+    safetensors' writer makes model.safetensors 0600 on some systems, unreadable to a colleague."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(folder).rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 def tidy(output_dir: str | Path) -> None:

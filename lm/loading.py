@@ -66,6 +66,8 @@ def builtin_model_dir() -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    from lm.checkpoint import readable_files
+    readable_files(tmp)
     tmp.rename(target)
     return target
 
@@ -152,6 +154,8 @@ def load_model(name: str, *, dtype: str = "auto", device: str = "auto",
             if where:  # the hub answered: no such model, gated, ...
                 raise FileNotFoundError(f"--model {name!r}: {str(e).strip().splitlines()[0]}") from None
             raise
+    if name == BUILTIN:  # what an adapter saved from it names as its base: the model, not this machine's cache
+        model.name_or_path = model.config.name_or_path = BUILTIN
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

@@ -130,4 +130,6 @@ def merged(model):
 
 
 def save_adapters(model, folder) -> None:
-    wrapper(model).save_pretrained(str(folder))
+    """The adapter (peft's folder). Its base is named as it was loaded (`smollm2-135m` for the built-in
+    model). The vocabulary is never resized here, so no embedding copy, and no hub lookup to decide."""
+    wrapper(model).save_pretrained(str(folder), save_embedding_layers=False)

@@ -99,7 +99,7 @@ def main(config: ChatConfig) -> str:
     system = [{"role": "system", "content": config.system_prompt}] if config.system_prompt else []
     if config.question:
         return answer(model, tokenizer, system + [{"role": "user", "content": config.question}], config, config.seed)[0]
-    print(f"chatting with {config.model}: an empty line or Ctrl-D ends, Ctrl-C stops an answer")
+    print(f"chatting with {config.model}: Ctrl-C stops an answer; an empty line, Ctrl-D or Ctrl-C here ends")
     messages, text = list(system), ""
     for turn in range(10 ** 9):
         try:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from common import dist
 from common.config import arg
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps, time_is_up
-from common.runlog import append_jsonl, open_run, plot_metrics
+from common.runlog import append_jsonl, open_run, plot_metrics, summary
 from common.trackers import start as start_trackers
 from evaluation import eval_metrics
 from lm import checkpoint as ckpt
@@ -133,7 +133,6 @@ def main(config: SFTConfig) -> dict:
         if out_of_time:
             break
     trackers.close()
-    if first_eval and "eval/format_rate" in last and dist.is_main():
-        print(f"held-out format rate {first_eval['eval/format_rate']:.3f} -> {last['eval/format_rate']:.3f}, "
-              f"accuracy {first_eval['eval/accuracy']:.3f} -> {last['eval/accuracy']:.3f}")
+    if dist.is_main():
+        print(summary(out, "loss", first_eval, last, ckpt.latest_checkpoint(out)))
     return last

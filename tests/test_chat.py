@@ -73,6 +73,8 @@ def test_a_session_keeps_the_conversation_without_reasoning_and_survives_ctrl_c(
     assert "first question" in prompts[1] and "<answer>7</answer>" in prompts[1] and "<think>r" not in prompts[1]
     out = capsys.readouterr().out
     assert "<think>r</think><answer>7</answer>" in out and "<think>r [stopped]" in out
+    # the banner says what Ctrl-C at the prompt does (it ended the session, said nowhere)
+    assert "Ctrl-C stops an answer; an empty line, Ctrl-D or Ctrl-C here ends" in out
 
 
 def test_run_py_chat_session_from_stdin():

@@ -37,6 +37,11 @@ def test_run_py_sft_trains_packed_and_writes_outputs(tmp_path):
     assert metrics[3]["loss"] < metrics[1]["loss"]            # lr 1e-3 on a tiny model: it learns
     assert (out / "training_curves.png").exists() and (out / "config.json").exists()
     assert changed_share(out / "checkpoint-3", tiny_model()) > 0.5
+    # the run ends saying where its checkpoint is and what changed (q = 1 of 3 steps: first and last)
+    assert f"last checkpoint: {out / 'checkpoint-3'}\n" in proc.stdout
+    assert f"loss {metrics[1]['loss']:.3f} in the first quarter of the steps -> {metrics[3]['loss']:.3f}" in proc.stdout
+    assert (f"held-out accuracy {metrics[0]['eval/accuracy']:.3f} -> {metrics[3]['eval/accuracy']:.3f}, format "
+            f"{metrics[0]['eval/format_rate']:.3f} -> {metrics[3]['eval/format_rate']:.3f}") in proc.stdout
 
 
 def test_truncation_is_counted_in_the_log(tmp_path):
@@ -131,6 +136,7 @@ def test_run_py_distill_trains_a_greedy_half_student(tmp_path):
     assert [m["step"] for m in metrics] == [1, 2] and all(m["kd"] >= 0 for m in metrics)
     student = AutoModelForCausalLM.from_pretrained(out / "checkpoint-2")
     assert student.config.num_hidden_layers == 2
+    assert f"last checkpoint: {out / 'checkpoint-2'}\n" in proc.stdout and "loss " in proc.stdout
 
 
 def test_report_to_tensorboard_writes_the_metrics_scalars(tmp_path):
