@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluation import evaluate, paired, per_problem_accuracy  # noqa: E402
-from lm import load_model  # noqa: E402
+from evaluation import paired  # noqa: E402
 from recipe.pipeline import sizes  # noqa: E402
+from recipe.report import evaluate_all  # noqa: E402
 from sft.train import SFTConfig  # noqa: E402
 from sft.train import main as sft_main  # noqa: E402
 from tasks import load_math  # noqa: E402
@@ -49,19 +49,19 @@ def main() -> None:
                        learning_rate=args.learning_rate, warmup_ratio=0.1, eval_every=-1, seed=0, overwrite=True))
     print(f"{args.name}: trained in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     rows = load_math("arithmetic:3", "test", len(records["3-sft1"]["T=1"]["per_problem"]), seed=0)
-    for step in evals:
-        model, tok = load_model(str(out / f"checkpoint-{step}"))
-        metrics, got = evaluate(model, tok, rows, samples_per_problem=records["3-sft1"]["T=1"]["samples_per_problem"],
-                                temperature=1.0, max_new_tokens=n["tokens"], seed=0, progress=False)
-        line = {"variant": args.name, "step": step, "acc": metrics["accuracy"], "fmt": metrics["format_rate"]}
+    runs = [{"name": "T=1", "samples": records["3-sft1"]["T=1"]["samples_per_problem"], "temperature": 1.0}]
+    models = [(f"{args.name}-{step}", str(out / f"checkpoint-{step}")) for step in evals]
+    results, _ = evaluate_all(models, rows, runs, n["tokens"], seed=0)  # as the report evaluates
+    for step, (name, _) in zip(evals, models):
+        got = results[name]["T=1"]
+        line = {"variant": args.name, "step": step, "acc": got["accuracy"], "fmt": got["format_rate"]}
         for baseline in ("3-sft1", "4-grpo2", "6-sft2"):
-            c = paired(records[baseline]["T=1"]["per_problem"], per_problem_accuracy(got))
+            c = paired(records[baseline]["T=1"]["per_problem"], got["per_problem"])
             line[f"vs {baseline}"] = (f"{c['diff']:+.3f} ({c['diff_ci95'][0]:+.3f}..{c['diff_ci95'][1]:+.3f}) "
                                       f"{c['gained']}/{c['lost']}")
         print(json.dumps(line), flush=True)
         with open(Path(args.out) / "results.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
-
 
 if __name__ == "__main__":
     main()

@@ -132,3 +132,34 @@ def test_the_report_says_where_sft2_started_and_a_bad_start_is_one_line():
     assert labels({}) == from_base  # a run from before SFT 2 recorded its start: the base model, as then
     with pytest.raises(ValueError, match=r"^--sft2-from 'grpo2': choose grpo or base$"):
         PipelineConfig(sft2_from="grpo2")
+
+
+def test_sft2_variants_bench_evaluates_as_the_report_does(tmp_path, monkeypatch):
+    # bench/sft2_variants.py trains one variant and evaluates it with recipe.report.evaluate_all
+    # (issue 28 item 11), paired with a finished run's records of the same problems
+    import importlib.util
+    import recipe.report
+    from lm.loading import tiny_model, tiny_tokenizer
+    start = tmp_path / "start"
+    tiny_model(tiny_tokenizer()).save_pretrained(start)
+    tiny_tokenizer().save_pretrained(start)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}+1", "completion": f"<think>x</think><answer>{i + 1}</answer>"})
+                            + "\n" for i in range(4)))
+    record = {"T=1": {"per_problem": [0.0, 1.0], "samples_per_problem": 2}}
+    (tmp_path / "run" / "8-eval").mkdir(parents=True)
+    (tmp_path / "run" / "8-eval" / "results.json").write_text(json.dumps(
+        {"models": {name: record for name in ("3-sft1", "4-grpo2", "6-sft2")}}))
+    calls = []
+    real = recipe.report.evaluate_all
+    monkeypatch.setattr(recipe.report, "evaluate_all", lambda *a, **k: (calls.append(a), real(*a, **k))[1])
+    spec = importlib.util.spec_from_file_location("sft2_variants", ROOT / "bench" / "sft2_variants.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(sys, "argv", ["sft2_variants.py", "--run", str(tmp_path / "run"), "--name", "v",
+                                      "--start", str(start), "--data", str(data), "--steps", "1",
+                                      "--out", str(tmp_path / "out")])
+    bench.main()
+    line = json.loads((tmp_path / "out" / "results.jsonl").read_text())
+    assert len(calls) == 1 and len(calls[0][1]) == 2               # the run's two problems
+    assert line["step"] == 1 and 0 <= line["acc"] <= 1 and set(line) >= {"vs 3-sft1", "vs 4-grpo2", "vs 6-sft2"}
