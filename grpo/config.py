@@ -55,7 +55,7 @@ class GRPOConfig(LoraFlags):
     learning_rate: float = arg(2e-6, "peak learning rate (AdamW)")
     weight_decay: float = arg(0.0, "AdamW weight decay")
     warmup_ratio: float = arg(0.0, "share of optimizer steps spent warming up linearly")
-    lr_scheduler: str = arg("constant", "constant, linear or cosine decay after warmup")
+    lr_scheduler: str = arg("constant", "constant, linear or cosine decay after warmup", aliases=["--lr-scheduler-type", "--lr_scheduler_type"])
     max_grad_norm: float = arg(1.0, "clip the gradient norm to this (0: no clipping)")
     max_steps: int = arg(50, "sampling steps to train for")
     max_minutes: float = arg(0.0, "stop (with a checkpoint) after the step that passes this wall-clock budget; 0: none")
@@ -70,8 +70,9 @@ class GRPOConfig(LoraFlags):
     device: str = arg("auto", "auto, cpu, cuda")
     seed: int = arg(0, "seed for data order, sampling and the eval split")
     output_dir: str = arg("runs/grpo", "where config, metrics, samples, checkpoints and plots go")
-    save_every: int = arg(25, "checkpoint every k steps (and at the end)")
-    keep_checkpoints: int = arg(2, "how many recent checkpoints to keep")
+    save_every: int = arg(25, "checkpoint every k steps (and at the end)", aliases=["--save-steps", "--save_steps"])
+    keep_checkpoints: int = arg(2, "how many recent checkpoints to keep",
+                                aliases=["--save-total-limit", "--save_total_limit"])
     eval_every: int = arg(0, "run the held-out eval every k steps (0: before and after only; -1: never)")
     eval_dataset: str = arg("", "held-out dataset for eval (empty: the training dataset's test split; a local "
                                   "file's test split is a fixed tenth of its rows that training never sees)")

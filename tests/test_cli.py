@@ -124,3 +124,34 @@ def test_a_hub_model_without_network_fails_fast_in_one_line(monkeypatch, capsys)
     assert time.time() - start < 15 and len(err.splitlines()) == 1, err
     assert err.startswith("error: run.py eval: --model 'someone/no-such-model-here': the Hugging Face hub "
                           "(http://127.0.0.1:9) cannot be reached") and "--model DIR" in err
+
+
+def test_the_readme_is_a_place_to_start_and_stays_true():
+    import re
+    import shlex
+    from common.config import _Parser, parse_config
+    from grpo.config import GRPOConfig
+    from rewards import REGISTRY, score
+    from rewards.registry import RewardSpec
+    from sft.train import SFTConfig
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 250
+    order = ["## Two commands", "## A first run", "## Commands", "## On your own GPU", "## Coming from TRL",
+             "## Rewards", "## Results"]
+    assert [text.index(h) for h in order] == sorted(text.index(h) for h in order)
+    section = lambda h: text[text.index(h):text.index("\n## ", text.index(h) + 1)]
+    # the first run's commands parse as written
+    first = re.findall(r"run\.py sft (.*?)\n\.venv", section("## A first run").replace("\\\n", ""), re.S)[0]
+    assert parse_config(SFTConfig, shlex.split(first), prog="sft").max_steps == 8
+    # every flag of ours in the TRL table exists
+    flags = {o for a in _Parser(GRPOConfig)._actions for o in a.option_strings}
+    ours = {f for row in section("## Coming from TRL").splitlines()[4:] for f in re.findall(r"--[a-z-]+", row.split("|")[2])}
+    assert ours and ours <= flags, ours - flags
+    # every built-in reward is listed, and the two ways of writing one's own work as shown
+    assert all(f"| `{name}` |" in section("## Rewards") for name in REGISTRY)
+    code = re.findall(r"```python\n(.*?)```", section("## Rewards"), re.S)[0]
+    mine = {}
+    exec(code, mine)
+    for name in ("short", "short_chat"):
+        spec = RewardSpec(name, mine[name], 1.0, takes=None)
+        assert score([spec], ["x" * 10, "x" * 300], {"problem": ["p", "p"]})[1] == [1.0, 0.0], name
