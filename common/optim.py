@@ -10,14 +10,62 @@ from common import dist
 SCHEDULES = ("constant", "linear", "cosine")
 
 
-def make_optimizer(model, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999)) -> torch.optim.AdamW:
-    """AdamW; biases and norm weights (1-D parameters) get no weight decay. The fused implementation
-    (one kernel over all parameters, the same update) where every parameter is on a CPU or GPU."""
+OPTIMS = ("adamw_torch", "adamw_torch_8bit", "adamw_torch_4bit")
+OPTIM_HELP = ("AdamW's state: adamw_torch (as the weights: 4 bytes a parameter for each of its two moments "
+              "in float32), adamw_torch_8bit (1 byte each, blockwise quantised), adamw_torch_4bit (half a "
+              "byte each); the 8- and 4-bit states and bfloat16 weights use torchao")
+
+
+def make_optimizer(model, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
+                   optim: str = "adamw_torch") -> torch.optim.Optimizer:
+    """AdamW; biases and norm weights (1-D parameters) get no weight decay.
+
+    `optim` (transformers' `--optim` names) sets the bytes of its two moments: as the weights
+    (adamw_torch), 8-bit or 4-bit blockwise quantised (torchao's AdamW8bit / AdamW4bit; tensors under
+    4,096 values stay as the weights). Float32 weights with adamw_torch use torch's fused AdamW (one
+    kernel over all parameters). bfloat16 weights are always updated by torchao with stochastic
+    rounding: the update is computed in float32 and rounded up or down at random, in proportion, so
+    one smaller than bfloat16's spacing (~1/256 of the weight) lands in expectation instead of being
+    rounded away (tests/test_optim_modes.py). torchao compiles its step once per parameter shape
+    (`torch.compile`; a minute or two on a 2-core CPU the first time, cached on disk after)."""
+    if optim not in OPTIMS:
+        raise ValueError(f"--optim {optim!r}: choose one of {', '.join(OPTIMS)}")
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in params)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+    bf16 = any(p.dtype == torch.bfloat16 for p in params)
+    if optim == "adamw_torch" and not bf16:
+        fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in params)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+    ao = torchao_optim()
+    kind = {"adamw_torch": ao._AdamW, "adamw_torch_8bit": ao.AdamW8bit, "adamw_torch_4bit": ao.AdamW4bit}[optim]
+    return kind(groups, lr=lr, betas=betas, eps=1e-8, weight_decay=weight_decay, bf16_stochastic_round=bf16)
+
+
+def torchao_optim():
+    """`torchao.optim`, imported without the lines torchao logs about kernels this machine cannot load."""
+    import logging
+    import warnings
+    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [log.level for log in quiet]
+    for log in quiet:
+        log.setLevel(logging.ERROR)
+    try:
+        import torchao.optim
+    except ImportError:
+        raise ValueError("--optim 8-/4-bit and --dtype bfloat16 training need torchao: "
+                         "pip install torchao==0.18.0") from None
+    finally:
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
+    warnings.filterwarnings("ignore", message=r".*does not implement _stable_hash_for_caching")
+    return torchao.optim
+
+
+def state_bytes_per_parameter(optim: str, weights: torch.dtype) -> float:
+    """The optimizer's two moments, in bytes a parameter (quantised blocks' scales included)."""
+    return {"adamw_torch": 2 * torch.finfo(weights).bits / 8, "adamw_torch_8bit": 2 * (1 + 4 / 256),
+            "adamw_torch_4bit": 2 * (0.5 + 4 / 128)}[optim]
 
 
 def lr_factor(step: int, kind: str, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:

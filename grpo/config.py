@@ -5,7 +5,7 @@ from common.config import arg
 from lm.lora import LoraFlags
 from lm.precision import CHOICES as DTYPES
 from lm.precision import HELP as PRECISION_HELP
-from common.optim import SCHEDULES
+from common.optim import OPTIM_HELP, OPTIMS, SCHEDULES
 from common.trackers import parse_report_to
 from grpo.advantages import SCALES
 from grpo.loss import LOSS_TYPES
@@ -67,6 +67,7 @@ class GRPOConfig(LoraFlags):
     logprob_chunk_size: int = arg(1024, "token positions per chunk of the output layer")
     # plumbing
     dtype: str = arg("auto", PRECISION_HELP)
+    optim: str = arg("adamw_torch", OPTIM_HELP)
     device: str = arg("auto", "auto, cpu, cuda")
     seed: int = arg(0, "seed for data order, sampling and the eval split")
     output_dir: str = arg("runs/grpo", "where config, metrics, samples, checkpoints and plots go")
@@ -100,6 +101,8 @@ class GRPOConfig(LoraFlags):
                 raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        if self.optim not in OPTIMS:
+            raise ValueError(f"--optim {self.optim!r}: choose one of {', '.join(OPTIMS)}")
         for value, choices, flag in ((self.curriculum, ("none", "pass-rate"), "--curriculum"),
                                      (self.sampler_correction, ("none", "tis"), "--sampler-correction")):
             if value not in choices:

@@ -110,7 +110,7 @@ def set_up(config: GRPOConfig) -> tuple[Run, int, int]:
                  if config.eval_every >= 0 else [])
     specs = build_rewards(config.reward_funcs, config.reward_weights, config.max_completion_length)
     total_updates = config.max_steps * config.num_iterations
-    optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
+    optimizer = make_optimizer(model, config.learning_rate, config.weight_decay, optim=config.optim)
     scheduler = make_scheduler(optimizer, config.lr_scheduler, int(config.warmup_ratio * total_updates), total_updates)
     curriculum = PassRateCurriculum(rows, config.group_size, config.seed) if config.curriculum == "pass-rate" else None
     start_step, position = 0, 0  # position: prompt slots used so far (B per sampling round)

@@ -179,7 +179,10 @@ def save_training(output_dir: str | Path, step: int, model, tokenizer, optimizer
 
 def restore_training(checkpoint_dir: str | Path, model, optimizer, scheduler) -> dict:
     """Load the optimizer, scheduler and RNG states of a checkpoint; returns its training state."""
-    state = load_training_state(checkpoint_dir)
+    state = load_training_state(checkpoint_dir, restore_rng=False)
     sharding.load_optimizer_state(model, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    # last: loading the optimizer state runs one zero-gradient step to create the state (torch's
+    # distributed checkpoint), and with stochastic rounding that step draws random numbers
+    set_rng_state(state["rng"])
     return state

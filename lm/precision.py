@@ -14,9 +14,18 @@ speed. Log-softmax and the losses run in float32 (lm/logprobs.py casts the logit
                   bfloat16   bfloat16    inference on a GPU (eval, sample, chat: no updates to lose)
     float32       float32    float32
     bf16-mixed    float32    bfloat16    (also on a CPU: that is how the tests check it)
-    bfloat16      bfloat16   bfloat16    half the memory of the weights and AdamW state, but updates
-    float16       float16    float16     below ~1/256 of a weight are lost (bfloat16) or overflow
-                                         (float16): for inference, or for training you have checked
+    bfloat16      bfloat16   bfloat16    half the memory of weights, gradients and AdamW state; the
+                                         update is rounded stochastically (common/optim.py), so one
+                                         below ~1/256 of a weight lands in expectation
+    float16       float16    float16     updates overflow or are lost: for inference only
+
+`--optim adamw_torch_8bit` / `_4bit` quantise AdamW's two moments (common/optim.py). Bytes a parameter
+of training state (weights + gradients + AdamW's moments; LoRA: only for the adapters):
+    float32 / bf16-mixed + adamw_torch        4 + 4 + 8    = 16
+    float32 / bf16-mixed + adamw_torch_8bit   4 + 4 + 2.03 = 10.0
+    bfloat16 + adamw_torch                    2 + 2 + 4    = 8
+    bfloat16 + adamw_torch_8bit               2 + 2 + 2.03 = 6.0
+    bfloat16 + adamw_torch_4bit               2 + 2 + 1.06 = 5.1
 """
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -25,8 +34,8 @@ import torch
 
 CHOICES = ("auto", "float32", "bf16-mixed", "bfloat16", "float16")
 HELP = ("auto (training: float32 weights with bfloat16 compute on a GPU, float32 on a CPU), float32, "
-        "bf16-mixed, or pure bfloat16 / float16 weights: half the memory, but AdamW updates smaller than "
-        "~1/256 of a weight are rounded away")
+        "bf16-mixed, or pure bfloat16 (half the memory of weights, gradients and AdamW state; updated with "
+        "stochastic rounding, so updates smaller than ~1/256 of a weight land in expectation) / float16")
 PURE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

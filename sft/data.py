@@ -10,7 +10,7 @@ from common.config import arg
 from lm.lora import LoraFlags
 from lm.precision import CHOICES as DTYPES
 from lm.precision import HELP as PRECISION_HELP
-from common.optim import SCHEDULES
+from common.optim import OPTIM_HELP, OPTIMS, SCHEDULES
 from common.trackers import parse_report_to
 
 from sft.packing import Batch, TokenizeReport, collate_padded, collate_rows, pack, tokenize
@@ -39,6 +39,7 @@ class PackedTrainingFlags(LoraFlags):
                          "(comma-separated for several; common/trackers.py)")
     fsdp: bool = arg(False, "shard weights, gradients and AdamW state over the torchrun processes (FSDP2)")
     dtype: str = arg("auto", PRECISION_HELP)
+    optim: str = arg("adamw_torch", OPTIM_HELP)
     device: str = arg("auto", "auto, cpu, cuda")
     seed: int = arg(0, "seed for data order")
     output_dir: str = arg("runs/sft", "where config, metrics, checkpoints and plots go")
@@ -58,6 +59,8 @@ class PackedTrainingFlags(LoraFlags):
             raise ValueError(f"--lr-scheduler {self.lr_scheduler!r}: choose one of {', '.join(SCHEDULES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        if self.optim not in OPTIMS:
+            raise ValueError(f"--optim {self.optim!r}: choose one of {', '.join(OPTIMS)}")
         if self.resume and self.overwrite:
             raise ValueError("--resume continues a run and --overwrite removes one: choose one")
         parse_report_to(self.report_to)

@@ -68,7 +68,7 @@ def main(config: SFTConfig) -> dict:
           f"--max-length {config.max_length}) in {n_units} {'packed rows' if config.packing else 'rows'}; "
           f"{total_steps} steps")
 
-    optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
+    optimizer = make_optimizer(model, config.learning_rate, config.weight_decay, optim=config.optim)
     scheduler = make_scheduler(optimizer, config.lr_scheduler, int(config.warmup_ratio * total_steps), total_steps)
     start_step = ckpt.restore_training(resume_from, model, optimizer, scheduler)["step"] if resume_from else 0
     if dist.is_main():

@@ -1,0 +1,95 @@
+"""Training state below 16 bytes a parameter (issue 29): bfloat16 weights updated with stochastic
+rounding, AdamW's moments in 8 or 4 bits (torchao), and every mode resumes exactly.
+
+torchao compiles its step per parameter shape; these tests run it eagerly (the same arithmetic) to
+stay fast on a fresh machine.
+"""
+import pytest
+import torch
+
+import grpo.train as grpo_train
+import sft.train as sft_train
+from common.optim import make_optimizer, state_bytes_per_parameter
+from common.runlog import read_jsonl
+from grpo.config import GRPOConfig
+from sft.train import SFTConfig
+
+
+@pytest.fixture(autouse=True)
+def eager(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda fn=None, **kw: fn)       # torchao's step, uncompiled
+
+
+def adamw_steps(dtype, optim, steps=20, lr=2e-5, seed=0):
+    """Mean change of 4,096 weights of ~0.02 after `steps` AdamW steps on a constant gradient."""
+    torch.manual_seed(seed)
+    start = (0.02 + 0.002 * torch.rand(64, 64)).to(dtype)                 # spacing of bfloat16 here: 1.2e-4
+    layer = torch.nn.Linear(64, 64, bias=False).to(dtype)
+    layer.weight.data.copy_(start)
+    opt = make_optimizer(layer, lr=lr, optim=optim) if optim else torch.optim.AdamW(layer.parameters(), lr=lr, weight_decay=0.0)
+    for _ in range(steps):
+        layer.weight.grad = torch.ones_like(layer.weight)                  # Adam moves each weight by -lr a step
+        opt.step()
+    return (layer.weight.detach().float() - start.float()).mean().item()
+
+
+def test_stochastic_rounding_keeps_the_expected_update_that_plain_bfloat16_loses():
+    exact = adamw_steps(torch.float32, "adamw_torch")
+    assert exact == pytest.approx(-20 * 2e-5, rel=1e-3)                     # 20 steps of -lr
+    plain = adamw_steps(torch.bfloat16, None)                               # torch's AdamW, round to nearest
+    assert abs(plain) < 0.05 * abs(exact)                                   # every update rounded away
+    for optim in ("adamw_torch", "adamw_torch_8bit", "adamw_torch_4bit"):
+        rounded = adamw_steps(torch.bfloat16, optim)                        # torchao, stochastic rounding
+        assert rounded == pytest.approx(exact, rel=0.05), optim
+
+
+def test_quantised_states_take_the_bytes_they_promise():
+    layer = torch.nn.Linear(512, 512, bias=False).to(torch.bfloat16)
+    for optim, moments in (("adamw_torch", 4), ("adamw_torch_8bit", 2), ("adamw_torch_4bit", 1)):
+        opt = make_optimizer(layer, lr=1e-3, optim=optim)
+        layer.weight.grad = torch.ones_like(layer.weight)
+        opt.step()
+        state = opt.state[layer.weight]
+        held = sum(_bytes(state[k]) for k in ("exp_avg", "exp_avg_sq")) / layer.weight.numel()
+        assert moments <= held <= moments * 1.07, (optim, held)
+        # the plan's figure (per-block scales included; each state's small codebook is not)
+        assert held == pytest.approx(state_bytes_per_parameter(optim, torch.bfloat16), rel=0.01), optim
+    with pytest.raises(ValueError, match="--optim 'adamw_8bit': choose one of adamw_torch, adamw_torch_8bit"):
+        make_optimizer(layer, lr=1e-3, optim="adamw_8bit")
+
+
+def _bytes(t) -> int:
+    if hasattr(t, "__tensor_flatten__"):                                    # torchao's quantised state
+        names, _ = t.__tensor_flatten__()
+        return sum(_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
+@pytest.mark.parametrize("dtype, optim", [("bfloat16", "adamw_torch"), ("bfloat16", "adamw_torch_8bit"),
+                                          ("float32", "adamw_torch_4bit")])
+def test_sft_in_each_mode_resumes_exactly(tmp_path, dtype, optim):
+    kw = dict(model="tiny", train_examples=16, max_length=700, max_steps=4, gradient_accumulation_steps=1,
+              learning_rate=1e-3, lr_scheduler="constant", eval_every=-1, save_every=2, dtype=dtype, optim=optim)
+    sft_train.main(SFTConfig(output_dir=str(tmp_path / "full"), **kw))
+    sft_train.main(SFTConfig(output_dir=str(tmp_path / "cut"), **{**kw, "max_steps": 2}))
+    sft_train.main(SFTConfig(output_dir="ignored", resume=str(tmp_path / "cut"), **kw))
+    full, cut = read_jsonl(tmp_path / "full" / "metrics.jsonl"), read_jsonl(tmp_path / "cut" / "metrics.jsonl")
+    assert [m["step"] for m in cut] == [1, 2, 3, 4]
+    assert full[-1]["loss"] < full[0]["loss"]                                # it learns
+    for a, b in zip(full, cut):
+        assert (b["loss"], b["grad_norm"]) == (a["loss"], a["grad_norm"]), a["step"]
+
+
+def test_grpo_in_bfloat16_with_4bit_state_resumes_exactly(tmp_path):
+    kw = dict(model="tiny", group_size=4, prompts_per_step=2, max_completion_length=8, max_steps=4,
+              micro_batch_size=4, learning_rate=1e-3, eval_every=-1, save_every=2, dtype="bfloat16",
+              optim="adamw_torch_4bit", reward_funcs="tests.toy_rewards:vowel_share")
+    grpo_train.main(GRPOConfig(output_dir=str(tmp_path / "full"), **kw))
+    grpo_train.main(GRPOConfig(output_dir=str(tmp_path / "cut"), **{**kw, "max_steps": 2}))
+    grpo_train.main(GRPOConfig(output_dir="ignored", resume=str(tmp_path / "cut"), **kw))
+    full, cut = read_jsonl(tmp_path / "full" / "metrics.jsonl"), read_jsonl(tmp_path / "cut" / "metrics.jsonl")
+    assert all(m["grad_norm"] > 0 for m in full)
+    for a, b in zip(full, cut):
+        assert (b["reward"], b["grad_norm"]) == (a["reward"], a["grad_norm"]), a["step"]
+    import json
+    assert json.loads((tmp_path / "full" / "config.json").read_text())["optim"] == "adamw_torch_4bit"
