@@ -1,4 +1,5 @@
 """Optimizer and learning-rate schedule shared by the training loops."""
+import functools
 import math
 import time
 
@@ -43,7 +44,17 @@ def make_optimizer(model, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.99
 
 
 def torchao_optim():
-    """`torchao.optim`, imported without the lines torchao logs about kernels this machine cannot load."""
+    """`torchao.optim` (a one-line error where torchao is not installed)."""
+    if not import_torchao_quietly():
+        raise ValueError("--optim 8-/4-bit and --dtype bfloat16 training need torchao: pip install torchao==0.18.0")
+    import torchao.optim
+    return torchao.optim
+
+
+@functools.cache
+def import_torchao_quietly() -> bool:
+    """Import torchao, if installed, without the lines it logs about GPU kernels this machine cannot load
+    and its deprecation warnings (peft imports torchao too: import this first). Whether it is there."""
     import logging
     import warnings
     quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
@@ -51,15 +62,18 @@ def torchao_optim():
     for log in quiet:
         log.setLevel(logging.ERROR)
     try:
-        import torchao.optim
+        import torchao  # noqa: F401
     except ImportError:
-        raise ValueError("--optim 8-/4-bit and --dtype bfloat16 training need torchao: "
-                         "pip install torchao==0.18.0") from None
+        return False
     finally:
         for log, level in zip(quiet, levels):
             log.setLevel(level)
     warnings.filterwarnings("ignore", message=r".*does not implement _stable_hash_for_caching")
-    return torchao.optim
+    # torchao registers more enums when transformers imports its submodules later; torch logs a
+    # deprecation line for each: drop just those lines
+    logging.getLogger("torch.utils._pytree").addFilter(
+        lambda record: "is an Enum subclass and is now natively supported" not in record.getMessage())
+    return True
 
 
 def state_bytes_per_parameter(optim: str, weights: torch.dtype) -> float:

@@ -11,10 +11,13 @@
 - `checkpoint`: atomic checkpoints that transformers loads, plus the training state.
 - `sharding`: `--fsdp`, a model split over the torchrun processes (FSDP2).
 """
-from lm.chat import SYSTEM_PROMPT, render_prompt, render_conversation
-from lm.loading import load_model, tiny_model, tiny_tokenizer
-from lm.logprobs import token_logprobs
-from lm.sampling import sample
+from common.optim import import_torchao_quietly
+
+import_torchao_quietly()  # before transformers, which imports torchao where installed (and it logs lines)
+from lm.chat import SYSTEM_PROMPT, render_prompt, render_conversation  # noqa: E402
+from lm.loading import load_model, tiny_model, tiny_tokenizer  # noqa: E402
+from lm.logprobs import token_logprobs  # noqa: E402
+from lm.sampling import sample  # noqa: E402
 
 __all__ = ["SYSTEM_PROMPT", "render_prompt", "render_conversation", "load_model", "tiny_model",
            "tiny_tokenizer", "token_logprobs", "sample"]

@@ -50,6 +50,8 @@ def attach(model, flags: LoraFlags, resume_from=None):
 
 
 def _peft():
+    from common.optim import import_torchao_quietly
+    import_torchao_quietly()  # peft imports torchao where it is installed, which logs lines of its own
     try:
         import peft
         return peft
