@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from common import dist
 from common.config import arg
+from common.memory import peak_memory_gib
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps, time_is_up
 from common.runlog import append_jsonl, open_run, plot_metrics, summary
 from common.trackers import start as start_trackers
@@ -210,7 +211,7 @@ def main(config: DistillConfig) -> dict:
         record = {"step": step + 1, **totals, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm.item(),
                   "tokens": n_targets, "tokens_per_second": n_targets / seconds, "skipped": int(not stepped),
                   "on_policy_frac": dist.all_sum(sum(on)) / accum, "time_sampling": t_sampled - t0,
-                  "time_step": seconds}
+                  "time_step": seconds, "peak_memory_gib": peak_memory_gib(student.device)}
         out_of_time = time_is_up(started, config.max_minutes, step + 1)
         final = step + 1 == config.max_steps or out_of_time
         if (config.eval_every > 0 and (step + 1) % config.eval_every == 0) or (

@@ -39,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 from common import dist
+from common.memory import peak_memory_gib
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps, time_is_up
 from common.runlog import append_jsonl, open_run, plot_metrics, summary
 from common.trackers import start as start_trackers
@@ -244,7 +245,7 @@ def step_record(step: int, groups, rewards: torch.Tensor, rounds: dict, result: 
             "sampling_rounds": rounds["sampling_rounds"], "dropped_groups": rounds["dropped_groups"],
             "trained_frac": sums["trained"] / N_all, "grad_norm": result["grad_norm"].item(),
             "completion_len": sums["completion_len"] / N_all, "truncated_frac": sums["truncated"] / N_all,
-            "skipped": int(not result["stepped"]), **times,
+            "skipped": int(not result["stepped"]), **times, "peak_memory_gib": peak_memory_gib(s.completion_ids.device),
             **{k: int(v) for k, v in sums.items() if k.startswith("reward_events/")}}
 
 

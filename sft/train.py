@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from common import dist
 from common.config import arg
+from common.memory import peak_memory_gib
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps, time_is_up
 from common.runlog import append_jsonl, open_run, plot_metrics, summary
 from common.trackers import start as start_trackers
@@ -113,7 +114,7 @@ def main(config: SFTConfig) -> dict:
                   "grad_norm": grad_norm.item(), "tokens": n_targets,
                   "tokens_input": int(dist.all_sum(sum(b.num_tokens for b in micro))),
                   "tokens_per_second": n_targets / seconds, "epoch": position / stream.per_epoch,
-                  "skipped": int(not stepped), "time_step": seconds}
+                  "skipped": int(not stepped), "time_step": seconds, "peak_memory_gib": peak_memory_gib(model.device)}
         out_of_time = time_is_up(started, config.max_minutes, step + 1)
         final = step + 1 == total_steps or out_of_time
         if (config.eval_every > 0 and (step + 1) % config.eval_every == 0) or (

@@ -93,7 +93,7 @@ def test_torchrun_grpo_end_to_end_and_resume(tmp_path):
     assert [r["step"] for r in again] == [0, 1, 2, 3, 4]
     for a, b in zip(metrics[3:], again[3:]):
         for key, value in a.items():
-            if not key.startswith("time_") and not key.endswith("seconds"):
+            if not key.startswith("time_") and not key.endswith("seconds") and key != "peak_memory_gib":
                 assert b[key] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), (a["step"], key)
     # the same cut resumed with --fsdp: a checkpoint of either kind resumes in the other (updates
     # summed in another order: equal to float rounding)

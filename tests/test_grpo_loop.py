@@ -37,10 +37,12 @@ def test_run_py_grpo_trains_and_writes_every_output(tmp_path):
     metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [0, 1, 2, 3]           # eval before, then one line per step
     for key in ("loss", "lr", "reward", "reward_std", "reward/tests.toy_rewards:vowel_share", "kl", "clip_frac",
-                "completion_len", "truncated_frac", "entropy", "grad_norm", "time_sampling", "time_training"):
+                "completion_len", "truncated_frac", "entropy", "grad_norm", "time_sampling", "time_training",
+                "peak_memory_gib"):
         assert key in metrics[1], key
     assert "eval/accuracy" in metrics[0] and "eval/accuracy" in metrics[-1]
     assert all(0 <= m["sampler_logp_gap"] < 1e-4 for m in metrics[1:])  # float32: sampler and trainer agree
+    assert all(0.2 < m["peak_memory_gib"] < 8 for m in metrics[1:])       # the process's peak RSS, in GiB
     # the same share read from TRL's chat messages (completion[0]["content"]) as from strings
     assert all(m["reward/tests.toy_rewards:vowel_share_chat"] == m["reward/tests.toy_rewards:vowel_share"] > 0
                for m in metrics[1:])
@@ -95,7 +97,7 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path, monkeyp
     assert [m["step"] for m in got] == [1, 2, 3, 4]
     for a, b in zip(expected, got):
         for key, value in a.items():
-            if not key.startswith("time_"):
+            if not key.startswith("time_") and key != "peak_memory_gib":   # wall-clock and memory vary
                 assert b[key] == pytest.approx(value, rel=1e-6, abs=1e-9), (a["step"], key)
 
 
