@@ -35,7 +35,7 @@ class _Parser(HfArgumentParser):
 # data, group size, loss, rewards, dtype, optimizer...) would make it another run.
 RESUME_MAY_CHANGE = {"max_steps", "max_minutes", "save_every", "keep_checkpoints", "log_samples", "report_to",
                      "eval_every", "eval_problems", "eval_dataset", "device", "resume", "overwrite",
-                     "fsdp", "gradient_checkpointing", "micro_batch_size", "logprob_chunk_size"}
+                     "fsdp", "gradient_checkpointing", "micro_batch_size", "logprob_chunk_size", "plan"}
 
 
 def parse_config(config_type, argv: list[str], prog: str, description: str = ""):

@@ -21,3 +21,179 @@ def peak_memory_gib(device: torch.device | str = "cpu") -> float:
         scale = 1 if sys.platform == "darwin" else 1024   # ru_maxrss: bytes on macOS, KiB on Linux
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
     return round(dist.all_max(peak / 2 ** 30), 3)
+
+
+# ---- the plan: the predicted peak before a run, by component (`--plan`)
+
+GiB = 2 ** 30
+PROCESS_CPU = 0.70 * GiB   # the interpreter, torch, transformers and a tokenizer on a CPU (measured here)
+PROMPT_TOKENS = 160        # a chat-templated R1 prompt with a short problem
+
+
+def meta_model(name: str, trust_remote_code: bool = False):
+    """The model `name` names, built on the meta device: its shapes, no weights read or allocated."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from lm.loading import BUILTIN, builtin_model_dir, tiny_model
+    if name == "tiny":
+        config = tiny_model().config
+    else:
+        config = AutoConfig.from_pretrained(builtin_model_dir() if name == BUILTIN else name,
+                                            trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def model_counts(model, lora_r: int = 0, lora_targets: str = "all-linear") -> dict:
+    """Parameter counts the plan needs: all, the decoder layers' matrices (what the sampler copies),
+    the output layer's, and the trainable ones (LoRA: r x (in + out) for each adapted linear layer)."""
+    total = sum(p.numel() for p in model.parameters())
+    head = model.get_output_embeddings().weight.numel()
+    layers = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n)
+    trainable = total
+    if lora_r:
+        names = None if lora_targets == "all-linear" else {t.strip() for t in lora_targets.split(",")}
+        trainable = sum(lora_r * (m.in_features + m.out_features) for n, m in model.named_modules()
+                        if isinstance(m, torch.nn.Linear) and ".layers." in n
+                        and (names is None or n.rsplit(".", 1)[-1] in names))
+    return {"total": total, "layers": layers, "head": head, "trainable": trainable}
+
+
+def activation_bytes(config, tokens: int, context: int, compute_bytes: int, checkpointing: bool) -> float:
+    """Saved activations of one forward pass over `tokens` completion tokens that attend over `context`
+    positions: about (32 + 4 context / T) H + 8 I bytes a token a layer in bfloat16 (16 H-sized and 4
+    I-sized tensors kept for the backward pass), twice that in float32. With checkpointing: each
+    layer's input, and one layer's activations at a time."""
+    H, I, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_layer = tokens * ((32 + 4 * context / max(1, tokens)) * H + 8 * I) * compute_bytes / 2
+    return tokens * H * compute_bytes * L + per_layer if checkpointing else per_layer * L
+
+
+def grpo_components(config, device: torch.device, model=None) -> tuple[list[tuple[str, float]], dict]:
+    """([(component, bytes)], {phase: bytes}) for a `run.py grpo` config on `device`; `model` on the
+    meta device (built from config.model when not given)."""
+    from common.optim import state_bytes_per_parameter
+    from lm.decode import LeanDecoder
+    from lm.precision import resolve_precision
+    precision = resolve_precision(config.dtype, device, training=True)
+    wb, cb = (torch.finfo(t).bits // 8 for t in (precision.weights, precision.compute))
+    model = model if model is not None else meta_model(config.model, config.trust_remote_code)
+    mc = model.config
+    n = model_counts(model, config.lora_r if config.use_peft else 0, config.lora_target_modules)
+    world = dist.world()
+    rows = config.prompts_per_step * config.group_size // world
+    T, P = config.max_completion_length, PROMPT_TOKENS
+    head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
+    optimizer = n["trainable"] * state_bytes_per_parameter(config.optim, precision.weights)
+    shard = world if config.fsdp else 1
+    parts = [
+        (f"weights ({precision.weights})", n["total"] * wb / shard),
+        ("gradients", n["trainable"] * wb / shard),
+        (f"optimizer state ({config.optim})", optimizer / shard),
+        (f"sampler's weight copies ({precision.compute})",
+         (n["layers"] + n["head"]) * cb if LeanDecoder.supports(model) else 0.0),
+        ("reference model (beta > 0)", n["total"] * cb if config.beta > 0 and not config.use_peft else 0.0),
+        (f"KV cache, sampling {rows} rows x {P + T} positions",
+         2 * mc.num_hidden_layers * mc.num_key_value_heads * head_dim * (P + T) * rows * cb),
+        (f"activations, one micro-batch of {min(config.micro_batch_size, rows)}",
+         activation_bytes(mc, min(config.micro_batch_size, rows) * T, P + T, cb, config.gradient_checkpointing)),
+        (f"log-prob chunk ({config.logprob_chunk_size} positions x vocabulary)",
+         min(config.logprob_chunk_size, min(config.micro_batch_size, rows) * T) * mc.vocab_size * (cb + 8)),
+        ("process (interpreter, libraries)", PROCESS_CPU if device.type == "cpu" else 0.0),
+    ]
+    b = dict(parts)
+    held = b[parts[0][0]] + b[parts[2][0]] + b[parts[3][0]] + b[parts[4][0]] + b[parts[-1][0]]
+    phases = {"loading": b[parts[-1][0]] + 2 * b[parts[0][0]],           # the weights and the file they come from
+              "sampling": held + b[parts[5][0]],
+              "training": held + b[parts[1][0]] + b[parts[6][0]] + b[parts[7][0]]}
+    return parts, phases
+
+
+def memory_budget(device: torch.device) -> float:
+    """The bytes this device has: the GPU's memory, or this machine's RAM."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    import os
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def packed_components(config, device: torch.device, model=None, teacher=None) -> tuple[list, dict]:
+    """The plan of `run.py sft` / `run.py distill` (packed rows): the model (the student), gradients,
+    optimizer, the activations of one micro-batch (batch-size rows of max-length tokens), the output
+    layer's chunk, and for distillation the frozen teacher in the compute dtype with its logits."""
+    from common.optim import state_bytes_per_parameter
+    from lm.precision import resolve_precision
+    precision = resolve_precision(config.dtype, device, training=True)
+    wb, cb = (torch.finfo(t).bits // 8 for t in (precision.weights, precision.compute))
+    mc = model.config
+    n = model_counts(model, config.lora_r if config.use_peft else 0, config.lora_target_modules)
+    shard = dist.world() if config.fsdp else 1
+    tokens = config.batch_size * config.max_length
+    parts = [(f"weights ({precision.weights})", n["total"] * wb / shard),
+             ("gradients", n["trainable"] * wb / shard),
+             (f"optimizer state ({config.optim})", n["trainable"] * state_bytes_per_parameter(config.optim, precision.weights) / shard),
+             (f"activations, one micro-batch of {tokens} tokens",
+              activation_bytes(mc, tokens, config.max_length, cb, config.gradient_checkpointing)
+              if hasattr(config, "gradient_checkpointing") else activation_bytes(mc, tokens, config.max_length, cb, False)),
+             (f"output-layer chunk (1024 positions x vocabulary)", min(1024, tokens) * mc.vocab_size * (cb + 8)),
+             ("teacher (frozen) and its logits", teacher_bytes(teacher, tokens, cb) if teacher is not None else 0.0),
+             ("process (interpreter, libraries)", PROCESS_CPU if device.type == "cpu" else 0.0)]
+    b = [size for _, size in parts]
+    return parts, {"loading": b[-1] + 2 * b[0] + b[5], "training": sum(b)}
+
+
+def teacher_bytes(teacher, tokens: int, cb: int) -> float:
+    return sum(p.numel() for p in teacher.parameters()) * cb + min(1024, tokens) * teacher.config.vocab_size * 4
+
+
+def plan_parts(config, device: torch.device, models: tuple) -> tuple[list, dict]:
+    return (grpo_components(config, device, models[0]) if hasattr(config, "group_size")
+            else packed_components(config, device, *models))
+
+
+def plan_models(config) -> tuple:
+    """(the trained model, the teacher or None) on the meta device, for any training command's config."""
+    if not hasattr(config, "teacher"):
+        return meta_model(config.model, getattr(config, "trust_remote_code", False)), None
+    teacher = meta_model(config.teacher)
+    if config.student:
+        return meta_model(config.student), teacher
+    from distill.student import layer_choice
+    spec = config.student_from_teacher_layers
+    count = int(spec.split(":")[1]) if spec.startswith("greedy:") else len(
+        layer_choice(spec, teacher.config.num_hidden_layers))
+    import copy
+    from transformers import AutoModelForCausalLM
+    student_config = copy.deepcopy(teacher.config)
+    student_config.num_hidden_layers = count
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(student_config), teacher
+
+
+def print_plan(config, device: torch.device) -> float:
+    """`--plan` (grpo, sft, distill): the table of components, the peaks by phase, what fits, and a last
+    line `predicted peak: X GiB`."""
+    import dataclasses
+    models = plan_models(config)
+    parts, phases = plan_parts(config, device, models)
+    budget = memory_budget(device)
+    print(f"memory plan for this run on {device.type} ({budget / GiB:.1f} GiB): nothing is loaded or trained")
+    for name, size in parts:
+        print(f"  {name:<58} {size / GiB:8.2f} GiB")
+    print("  peaks by phase: " + ", ".join(f"{k} {v / GiB:.2f} GiB" for k, v in phases.items()))
+    fits = lambda **kw: max(plan_parts(dataclasses.replace(config, **kw), device, models)[1].values()) <= budget
+    if hasattr(config, "group_size"):
+        G = config.group_size  # a micro-batch needs that many sampled rows: at least ceil(m / G) prompts a step
+        micro = max((m for m in (1, 2, 4, 8, 16, 32, 64, 128)
+                     if fits(micro_batch_size=m, prompts_per_step=max(config.prompts_per_step, -(-m // G)))), default=0)
+        length = max((t for t in (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+                      if fits(max_completion_length=t)), default=0)
+        print(f"  largest micro-batch that fits: {micro or 'none'}; largest completion length at this "
+              f"micro-batch: {length or 'none'}")
+    else:
+        rows = max((m for m in (1, 2, 4, 8, 16, 32) if fits(batch_size=m)), default=0)
+        length = max((t for t in (256, 512, 1024, 2048, 4096, 8192, 16384, 32768) if fits(max_length=t)), default=0)
+        print(f"  largest micro-batch that fits: {rows or 'none'} rows; largest --max-length at this batch size: "
+              f"{length or 'none'}")
+    peak = max(phases.values()) / GiB
+    print(f"predicted peak: {peak:.2f} GiB")
+    return peak

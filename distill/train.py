@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from common import dist
 from common.config import arg
-from common.memory import peak_memory_gib
+from common.memory import peak_memory_gib, print_plan
+from lm.loading import resolve_device
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps, time_is_up
 from common.runlog import append_jsonl, open_run, plot_metrics, summary
 from common.trackers import start as start_trackers
@@ -141,6 +142,9 @@ def accumulate(student, teacher, micro: list, on: list, n_targets: int, precisio
 
 
 def main(config: DistillConfig) -> dict:
+    if config.plan:  # --plan: the predicted peak memory by component; nothing is loaded or trained
+        print_plan(config, resolve_device(config.device))
+        return {}
     device = dist.init(config.device)  # several processes under torchrun; one otherwise
     mine = dist.my_slice(config.gradient_accumulation_steps, "--gradient-accumulation-steps")  # this rank's
     resume_from, out = ckpt.start_run(config.output_dir, config.resume, config.overwrite)

@@ -80,6 +80,8 @@ class GRPOConfig(LoraFlags):
     eval_problems: int = arg(100, "held-out problems per eval")
     log_samples: int = arg(2, "decoded completions per step written to samples.jsonl")
     resume: str = arg("", "a run folder (or checkpoint folder) to continue exactly")
+    plan: bool = arg(False, "print the predicted peak memory of this run by component on this device (GPU memory "
+                            "or RAM), what fits, and train nothing")
     overwrite: bool = arg(False, "start afresh in an --output-dir that holds another run: removes its "
                           "checkpoints and logs (without it such a folder is refused)")
     trust_remote_code: bool = arg(False, "allow model code from the hub")

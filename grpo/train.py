@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from common import dist
-from common.memory import peak_memory_gib
+from common.memory import peak_memory_gib, print_plan
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps, time_is_up
 from common.runlog import append_jsonl, open_run, plot_metrics, summary
 from common.trackers import start as start_trackers
@@ -51,6 +51,7 @@ from grpo.curriculum import PassRateCurriculum
 from grpo.loss import grpo_loss, sampler_mismatch
 from lm import checkpoint as ckpt
 from lm import load_model, lora, sharding, token_logprobs
+from lm.loading import resolve_device
 from lm.precision import resolve_precision
 from rewards import build_rewards, events
 from rewards.verify import last_boxed
@@ -278,6 +279,9 @@ def save(run: Run, step: int, position: int) -> None:
 
 
 def main(config: GRPOConfig) -> dict:
+    if config.plan:  # --plan: the predicted peak memory by component; nothing is loaded or trained
+        print_plan(config, resolve_device(config.device))
+        return {}
     run, start_step, position = set_up(config)
 
     def run_eval():

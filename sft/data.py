@@ -51,6 +51,8 @@ class PackedTrainingFlags(LoraFlags):
     eval_problems: int = arg(100, "held-out problems per eval")
     eval_max_new_tokens: int = arg(192, "token budget per eval completion")
     resume: str = arg("", "a run folder (or checkpoint folder) to continue exactly")
+    plan: bool = arg(False, "print the predicted peak memory of this run by component on this device (GPU memory "
+                            "or RAM), what fits, and train nothing")
     overwrite: bool = arg(False, "start afresh in an --output-dir that holds another run: removes its "
                           "checkpoints and logs (without it such a folder is refused)")
 

@@ -93,3 +93,28 @@ def test_grpo_in_bfloat16_with_4bit_state_resumes_exactly(tmp_path):
         assert (b["reward"], b["grad_norm"]) == (a["reward"], a["grad_norm"]), a["step"]
     import json
     assert json.loads((tmp_path / "full" / "config.json").read_text())["optim"] == "adamw_torch_4bit"
+
+
+def test_plan_counts_each_component_by_hand_and_trains_nothing(tmp_path, capsys):
+    from common.memory import grpo_components
+    from lm.loading import tiny_tokenizer
+    import run
+    V = len(tiny_tokenizer())                       # the tiny Llama: H 64, I 128, 2 layers, 4 heads, 2 KV heads
+    layer = 64 * 64 + 64 * 32 + 64 * 32 + 64 * 64 + 3 * 64 * 128 + 2 * 64   # q, k, v, o, gate/up/down, 2 norms
+    n = V * 64 + 2 * layer + 64                     # embedding (tied output layer), layers, final norm
+    config = GRPOConfig(model="tiny", dtype="bfloat16", optim="adamw_torch_8bit", prompts_per_step=2, group_size=4,
+                        max_completion_length=16, micro_batch_size=8, reward_funcs="format")
+    parts = dict(grpo_components(config, torch.device("cpu"))[0])
+    assert parts["weights (torch.bfloat16)"] == 2 * n and parts["gradients"] == 2 * n
+    assert parts["optimizer state (adamw_torch_8bit)"] == pytest.approx(n * 2 * (1 + 4 / 256))
+    assert parts["sampler's weight copies (torch.bfloat16)"] == 2 * (2 * layer + V * 64)   # layers + output layer
+    assert parts["KV cache, sampling 8 rows x 176 positions"] == 2 * 2 * 2 * 16 * (160 + 16) * 8 * 2
+    assert parts["reference model (beta > 0)"] == 0
+    assert run.main(["grpo", "--model", "tiny", "--plan", "--output-dir", str(tmp_path / "never")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("predicted peak: ") and out[-1].endswith(" GiB") and "gradients" in "\n".join(out)
+    assert not (tmp_path / "never").exists()                                 # nothing loaded, nothing written
+    for command in (["sft", "--model", "tiny"], ["distill", "--teacher", "tiny", "--student-from-teacher-layers", "1"]):
+        assert run.main([*command, "--plan", "--output-dir", str(tmp_path / "never")]) == 0
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        assert last.startswith("predicted peak: ") and not (tmp_path / "never").exists(), command
