@@ -49,13 +49,15 @@ def model_counts(model, lora_r: int = 0, lora_targets: str = "all-linear") -> di
     total = sum(p.numel() for p in model.parameters())
     head = model.get_output_embeddings().weight.numel()
     layers = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n)
+    single = sum(p.numel() for n, p in model.named_parameters()   # the sampler's unfused matrices
+                 if n.endswith(("o_proj.weight", "down_proj.weight")))
     trainable = total
     if lora_r:
         names = None if lora_targets == "all-linear" else {t.strip() for t in lora_targets.split(",")}
         trainable = sum(lora_r * (m.in_features + m.out_features) for n, m in model.named_modules()
                         if isinstance(m, torch.nn.Linear) and ".layers." in n
                         and (names is None or n.rsplit(".", 1)[-1] in names))
-    return {"total": total, "layers": layers, "head": head, "trainable": trainable}
+    return {"total": total, "layers": layers, "head": head, "single": single, "trainable": trainable}
 
 
 def activation_bytes(config, tokens: int, context: int, compute_bytes: int, checkpointing: bool) -> float:
@@ -89,8 +91,8 @@ def grpo_components(config, device: torch.device, model=None) -> tuple[list[tupl
         (f"weights ({precision.weights})", n["total"] * wb / shard),
         ("gradients", n["trainable"] * wb / shard),
         (f"optimizer state ({config.optim})", optimizer / shard),
-        (f"sampler's weight copies ({precision.compute})",
-         (n["layers"] + n["head"]) * cb if LeanDecoder.supports(model) else 0.0),
+        (f"sampler's weight copies ({precision.compute})", sampler_copies(n, precision, device, config.use_peft)
+         if LeanDecoder.supports(model) else 0.0),
         ("reference model (beta > 0)", n["total"] * cb if config.beta > 0 and not config.use_peft else 0.0),
         (f"KV cache, sampling {rows} rows x {P + T} positions",
          2 * mc.num_hidden_layers * mc.num_key_value_heads * head_dim * (P + T) * rows * cb),
@@ -99,13 +101,27 @@ def grpo_components(config, device: torch.device, model=None) -> tuple[list[tupl
         (f"log-prob chunk ({config.logprob_chunk_size} positions x vocabulary)",
          min(config.logprob_chunk_size, min(config.micro_batch_size, rows) * T) * mc.vocab_size * (cb + 8)),
         ("process (interpreter, libraries)", PROCESS_CPU if device.type == "cpu" else 0.0),
+        ("merged model written with each checkpoint (LoRA)", n["total"] * wb if config.use_peft else 0.0),
     ]
     b = dict(parts)
-    held = b[parts[0][0]] + b[parts[2][0]] + b[parts[3][0]] + b[parts[4][0]] + b[parts[-1][0]]
-    phases = {"loading": b[parts[-1][0]] + 2 * b[parts[0][0]],           # the weights and the file they come from
-              "sampling": held + b[parts[5][0]],
-              "training": held + b[parts[1][0]] + b[parts[6][0]] + b[parts[7][0]]}
+    weights, grads, state, copies, ref, kv, act, chunk, process, merged = (size for _, size in parts)
+    held = weights + state + copies + ref + process
+    phases = {"loading": process + 2 * weights,           # the weights and the file they are read from
+              "sampling": held + kv,
+              "training": held + grads + act + chunk,
+              "saving": held + merged}
     return parts, phases
+
+
+def sampler_copies(n: dict, precision, device: torch.device, lora: bool) -> float:
+    """Bytes of the lean decoder's copies (lm/decode.py): every layer's matrices and the output layer in
+    the compute dtype, except single matrices already in it (o, down without adapters, the output
+    layer), which it reads in place; on a CPU float32 ones are copies (prepacked for oneDNN)."""
+    cb = torch.finfo(precision.compute).bits // 8
+    copies = (n["layers"] + n["head"]) * cb
+    if precision.weights == precision.compute and not (device.type == "cpu" and precision.weights == torch.float32):
+        copies -= (n["head"] + (0 if lora else n["single"])) * cb
+    return copies
 
 
 def memory_budget(device: torch.device) -> float:

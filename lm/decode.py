@@ -163,7 +163,10 @@ class Linear:
                 pass
 
     def refresh(self, *layers: torch.nn.Linear) -> None:
-        """The given layers' current weights, side by side: in place, or repacked on a CPU."""
+        """The given layers' current weights, side by side: in place, or repacked on a CPU. Nothing to do
+        where the weight is the layer's own tensor (`fused`: one layer already in the compute dtype)."""
+        if len(layers) == 1 and not self.weight.is_mkldnn and self.weight.data_ptr() == weight_of(layers[0]).data_ptr():
+            return
         weight = torch.cat([weight_of(layer) for layer in layers])
         if self.bias is not None:
             self.bias.copy_(torch.cat([layer.bias.detach() for layer in layers]))
@@ -175,8 +178,12 @@ class Linear:
 
 def fused(*layers: torch.nn.Linear, rows: int, dtype: torch.dtype) -> Linear:
     """One Linear computing the given layers' outputs side by side (they read the same input; in the
-    supported models they all have a bias or none has), with its weights in `dtype`."""
-    weight = torch.cat([weight_of(layer) for layer in layers]).to(dtype)
+    supported models they all have a bias or none has), with its weights in `dtype`. A single layer
+    whose weight is already in `dtype` (pure bfloat16 training, a float32 model on a GPU) and has no
+    adapter is not copied: the sampler reads the trainer's own tensor (the optimizer updates it in
+    place). On a CPU float32 weights are copied to be prepacked for oneDNN (see `Linear`)."""
+    weight = weight_of(layers[0]) if len(layers) == 1 else torch.cat([weight_of(layer) for layer in layers])
+    weight = weight.to(dtype)
     bias = None if layers[0].bias is None else torch.cat([layer.bias.detach() for layer in layers]).to(dtype)
     return Linear(weight, bias, rows)
 

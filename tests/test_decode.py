@@ -91,3 +91,28 @@ def test_models_the_lean_step_does_not_cover_use_the_forward(tok):
     assert not LeanDecoder.supports(windowed)
     out = sample(gelu.eval(), [[1, 2, 3]], max_new_tokens=4, temperature=0, eos_token_id=-1)
     assert out.completion_ids.shape == (1, 4)
+
+
+def test_in_the_weights_dtype_the_sampler_reads_single_matrices_in_place_and_follows_each_update(tok):
+    # pure bfloat16 training (issue 29): o, down and the output layer are the trainer's own tensors, not
+    # copies (the fused q|k|v and gate|up stay copies); after a torchao update the lean step still
+    # computes the updated model: its logits are the forward's, and the copies were refreshed
+    from common.optim import make_optimizer
+    from lm.sampling import lean_decoder
+    model = tiny_qwen2(tok).to(torch.bfloat16)
+    decoder = lean_decoder(model)
+    shares = lambda copy, param: copy.weight.data_ptr() == param.data_ptr()
+    layer = model.model.layers[0]
+    assert shares(decoder.layers[0]["o"], layer.self_attn.o_proj.weight)
+    assert shares(decoder.layers[0]["down"], layer.mlp.down_proj.weight)
+    assert shares(decoder.top["head"], model.lm_head.weight)
+    assert not shares(decoder.layers[0]["qkv"], layer.self_attn.q_proj.weight)
+    opt = make_optimizer(model, lr=0.05, optim="adamw_torch")
+    ids = torch.tensor([encode_prompt(tok, "What is 17 * 23 - 5?")])
+    model(ids, labels=ids).loss.backward()
+    opt.step()
+    prompts = [encode_prompt(tok, "2+2?")]
+    kw = dict(group_size=1, max_new_tokens=6, temperature=0, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    slow, fast = sample(model, prompts, lean=False, **kw), sample(model, prompts, **kw)
+    assert lean_decoder(model) is decoder and torch.equal(slow.completion_ids, fast.completion_ids)
+    assert torch.allclose(slow.sampler_logp, fast.sampler_logp, atol=0.05)

@@ -107,7 +107,8 @@ def test_plan_counts_each_component_by_hand_and_trains_nothing(tmp_path, capsys)
     parts = dict(grpo_components(config, torch.device("cpu"))[0])
     assert parts["weights (torch.bfloat16)"] == 2 * n and parts["gradients"] == 2 * n
     assert parts["optimizer state (adamw_torch_8bit)"] == pytest.approx(n * 2 * (1 + 4 / 256))
-    assert parts["sampler's weight copies (torch.bfloat16)"] == 2 * (2 * layer + V * 64)   # layers + output layer
+    # the sampler copies the layers' matrices, except o, down and the output layer, already bfloat16
+    assert parts["sampler's weight copies (torch.bfloat16)"] == 2 * 2 * (layer - 64 * 64 - 64 * 128)
     assert parts["KV cache, sampling 8 rows x 176 positions"] == 2 * 2 * 2 * 16 * (160 + 16) * 8 * 2
     assert parts["reference model (beta > 0)"] == 0
     assert run.main(["grpo", "--model", "tiny", "--plan", "--output-dir", str(tmp_path / "never")]) == 0
