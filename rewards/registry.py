@@ -19,12 +19,11 @@ A reward of your own (`module:function`) is found out on its first batch: called
 if it fails on every one of them, with messages; whichever scores is kept for the run and printed.
 """
 import math
+import os
 import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from common import dist
-from lm.chat import prompt_messages
 from rewards import events
 from rewards.math import accuracy_reward, get_cosine_scaled_reward
 from rewards.structure import format_reward, reasoning_steps_reward, tag_count_reward
@@ -106,6 +105,7 @@ def build_rewards(names, weights=None, max_completion_length: int = 1024) -> lis
 
 def as_messages(completions: list[str], columns: dict) -> tuple[list, dict]:
     """TRL's conversational arguments: completions and prompts as message lists."""
+    from lm.chat import prompt_messages  # here: the rewards import nothing heavy (a plain script's import)
     problems = columns.get("prompts", columns.get("problem", [""] * len(completions)))
     return ([[{"role": "assistant", "content": text}] for text in completions],
             {**columns, "prompts": [prompt_messages(p) for p in problems]})
@@ -159,7 +159,7 @@ def _call(spec: RewardSpec, completions: list, columns: dict) -> list[float]:
 
 
 def say(line: str) -> None:
-    if dist.is_main():
+    if os.environ.get("RANK", "0") == "0":  # once under torchrun
         print(line, file=sys.stderr, flush=True)
 
 

@@ -1,7 +1,9 @@
 """Mixed precision: float32 master weights and optimizer state, bfloat16 compute (autocast).
 
-Pure bfloat16 weights round away every AdamW update smaller than ~1/256 of a weight; at lr 5e-6 on
-weights of size ~0.02, that is nearly all of them (an Adam step's first update is ~lr per weight).
+Pure bfloat16 weights rounded to nearest would lose every AdamW update smaller than ~1/256 of a
+weight: at lr 5e-6 on weights of size ~0.02, nearly all of them (an Adam step's first update is ~lr
+per weight). They are updated with stochastic rounding instead (tests/test_optim_modes.py): after one
+step a few percent of the weights move, each by a whole bfloat16 step, the right amount in expectation.
 On a CPU autocast to bfloat16 works too, so the GPU default (`bf16-mixed`) is tested here.
 """
 import pytest

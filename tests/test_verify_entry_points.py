@@ -19,6 +19,7 @@ sys.path.insert(0, {str(ROOT)!r})
 from rewards import accuracy_reward, get_cosine_scaled_reward
 print(accuracy_reward(["<think>2+12=14</think><answer>14</answer>"], solution=["$\\\\boxed{{14}}$"])[0])
 print(get_cosine_scaled_reward()(["<answer>14</answer>"], solution=["14"])[0] > 0.9)
+assert "torch" not in sys.modules, "the rewards import torch: a plain script pays seconds for nothing"
 """
 
 
