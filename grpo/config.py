@@ -105,6 +105,9 @@ class GRPOConfig(LoraFlags):
             raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
         if self.optim not in OPTIMS:
             raise ValueError(f"--optim {self.optim!r}: choose one of {', '.join(OPTIMS)}")
+        if self.fsdp and self.optim != "adamw_torch":
+            raise ValueError(f"--optim {self.optim} with --fsdp: torchao's quantised AdamW state does not go through "
+                             f"FSDP2's checkpoints yet; use --optim adamw_torch (bfloat16 weights work)")
         for value, choices, flag in ((self.curriculum, ("none", "pass-rate"), "--curriculum"),
                                      (self.sampler_correction, ("none", "tis"), "--sampler-correction")):
             if value not in choices:

@@ -63,6 +63,9 @@ class PackedTrainingFlags(LoraFlags):
             raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
         if self.optim not in OPTIMS:
             raise ValueError(f"--optim {self.optim!r}: choose one of {', '.join(OPTIMS)}")
+        if self.fsdp and self.optim != "adamw_torch":
+            raise ValueError(f"--optim {self.optim} with --fsdp: torchao's quantised AdamW state does not go through "
+                             f"FSDP2's checkpoints yet; use --optim adamw_torch (bfloat16 weights work)")
         if self.resume and self.overwrite:
             raise ValueError("--resume continues a run and --overwrite removes one: choose one")
         parse_report_to(self.report_to)

@@ -50,6 +50,8 @@ def test_quantised_states_take_the_bytes_they_promise():
         assert held == pytest.approx(state_bytes_per_parameter(optim, torch.bfloat16), rel=0.01), optim
     with pytest.raises(ValueError, match="--optim 'adamw_8bit': choose one of adamw_torch, adamw_torch_8bit"):
         make_optimizer(layer, lr=1e-3, optim="adamw_8bit")
+    with pytest.raises(ValueError, match="--optim adamw_torch_8bit with --fsdp: torchao's quantised AdamW state"):
+        SFTConfig(optim="adamw_torch_8bit", fsdp=True)   # torchrun: OptimState8bit has no aten.view(dtype)
 
 
 def _bytes(t) -> int:
