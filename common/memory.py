@@ -101,7 +101,8 @@ def grpo_components(config, device: torch.device, model=None) -> tuple[list[tupl
         (f"log-prob chunk ({config.logprob_chunk_size} positions x vocabulary)",
          min(config.logprob_chunk_size, min(config.micro_batch_size, rows) * T) * mc.vocab_size * (cb + 8)),
         ("process (interpreter, libraries)", PROCESS_CPU if device.type == "cpu" else 0.0),
-        ("merged model written with each checkpoint (LoRA)", n["total"] * wb if config.use_peft else 0.0),
+        ("a layer merged as a checkpoint is written (LoRA)",
+         n["layers"] / mc.num_hidden_layers * wb if config.use_peft else 0.0),
     ]
     b = dict(parts)
     weights, grads, state, copies, ref, kv, act, chunk, process, merged = (size for _, size in parts)

@@ -48,12 +48,16 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, state: 
     """Write checkpoint-<step> atomically; `state` is pickled next to the weights.
 
     `keep`: how many of the newest checkpoints to keep (None keeps all). `adapters_of`: a model with
-    LoRA adapters (lm/lora.py), whose adapter goes into the checkpoint's adapter/ folder.
+    LoRA adapters (lm/lora.py), whose adapter goes into the checkpoint's adapter/ folder; with `model`
+    None the weights written are its merged ones (`lora.save_merged`).
     """
     tidy(output_dir)
     final = Path(output_dir) / f"checkpoint-{step}"
     tmp = final.with_name(final.name + ".tmp")
-    model.save_pretrained(tmp)
+    if model is None:  # a model with adapters: merged into it as it is written (lm/lora.py)
+        lora.save_merged(adapters_of, tmp)
+    else:
+        model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if adapters_of is not None:
         lora.save_adapters(adapters_of, tmp / lora.ADAPTER_DIR)
@@ -170,7 +174,7 @@ def save_training(output_dir: str | Path, step: int, model, tokenizer, optimizer
     (lm/sharding.py), rank 0 writes, and every rank returns once it is on disk. A model with LoRA
     adapters is saved merged, its adapter beside (lm/lora.py)."""
     adapted = lora.wrapper(model) is not None
-    weights = lora.merged(model) if adapted else sharding.model_to_save(model)
+    weights = None if adapted else sharding.model_to_save(model)  # LoRA: written merged, a layer at a time
     state = {**state, "optimizer": sharding.optimizer_state(model, optimizer), "scheduler": scheduler.state_dict()}
     if dist.is_main():
         save_checkpoint(output_dir, step, weights, tokenizer, state, keep=keep, adapters_of=model if adapted else None)

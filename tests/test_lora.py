@@ -60,6 +60,12 @@ def test_merged_copy_and_adapter_give_the_adapted_models_logits(tmp_path):
         merged = lora.merged(model)
         assert not any("lora" in n for n in merged.state_dict())
         assert torch.allclose(merged(ids).logits, expected, atol=1e-5)
+    # written a layer at a time (a shard each, no whole second copy): the same tensors, to the bit
+    lora.save_merged(model, tmp_path / "merged")
+    assert len(list((tmp_path / "merged").glob("model-*-of-*.safetensors"))) == 3   # 2 layers and the rest
+    written = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").state_dict()
+    assert written.keys() == merged.state_dict().keys()
+    assert all(torch.equal(written[k], v) for k, v in merged.state_dict().items())
     lora.save_adapters(model, tmp_path / "adapter")
     base = tiny_model(tok)
     loaded = peft.PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
