@@ -88,7 +88,7 @@ def grpo_components(config, device: torch.device, model=None) -> tuple[list[tupl
     optimizer = n["trainable"] * state_bytes_per_parameter(config.optim, precision.weights)
     shard = world if config.fsdp else 1
     parts = [
-        (f"weights ({precision.weights})", n["total"] * wb / shard),
+        (f"weights ({precision.weights})", weight_bytes(n, precision, config.use_peft) / shard),
         ("gradients", n["trainable"] * wb / shard),
         (f"optimizer state ({config.optim})", optimizer / shard),
         (f"sampler's weight copies ({precision.compute})", sampler_copies(n, precision, device, config.use_peft)
@@ -112,6 +112,13 @@ def grpo_components(config, device: torch.device, model=None) -> tuple[list[tupl
               "training": held + grads + act + chunk,
               "saving": held + merged}
     return parts, phases
+
+
+def weight_bytes(n: dict, precision, lora: bool) -> float:
+    """The model's weights; with LoRA under mixed precision the frozen base is held in the compute
+    dtype (lm.lora.attach), the adapters in the weights' dtype."""
+    wb, cb = (torch.finfo(t).bits // 8 for t in (precision.weights, precision.compute))
+    return (n["total"] - n["trainable"]) * cb + n["trainable"] * wb if lora else n["total"] * wb
 
 
 def sampler_copies(n: dict, precision, device: torch.device, lora: bool) -> float:
@@ -145,7 +152,7 @@ def packed_components(config, device: torch.device, model=None, teacher=None) ->
     n = model_counts(model, config.lora_r if config.use_peft else 0, config.lora_target_modules)
     shard = dist.world() if config.fsdp else 1
     tokens = config.batch_size * config.max_length
-    parts = [(f"weights ({precision.weights})", n["total"] * wb / shard),
+    parts = [(f"weights ({precision.weights})", weight_bytes(n, precision, config.use_peft) / shard),
              ("gradients", n["trainable"] * wb / shard),
              (f"optimizer state ({config.optim})", n["trainable"] * state_bytes_per_parameter(config.optim, precision.weights) / shard),
              (f"activations, one micro-batch of {tokens} tokens",

@@ -39,12 +39,19 @@ class LoraFlags:
     lora_target_modules: str = arg("all-linear", "with --use-peft: all-linear, or layer names such as q_proj,v_proj")
 
 
-def attach(model, flags: LoraFlags, resume_from=None):
-    """The run's adapters put into `model`: new ones, or a resumed checkpoint's. Says how many train."""
+def attach(model, flags: LoraFlags, resume_from=None, frozen_dtype: torch.dtype | None = None):
+    """The run's adapters put into `model`: new ones, or a resumed checkpoint's. Says how many train.
+    `frozen_dtype` (the compute dtype under mixed precision): every frozen weight is held in it, since
+    a weight that never changes needs no float32 master (half the base model's memory); the adapters
+    stay in the weights' dtype."""
     if resume_from is not None:
         load_adapters(model, Path(resume_from) / ADAPTER_DIR)
     else:
         add_adapters(model, flags.lora_r, flags.lora_alpha, flags.lora_dropout, flags.lora_target_modules)
+    if frozen_dtype is not None:
+        for p in model.parameters():
+            if not p.requires_grad:
+                p.data = p.data.to(frozen_dtype)
     trainable, total = trainable_parameters(model)
     print(f"LoRA: {trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters train ({100 * trainable / total:.2f}%)")
     return model
@@ -132,6 +139,17 @@ def merged(model):
     return plain_copy(model, state, "cpu")
 
 
+def merged_weight(layer, dtype: torch.dtype) -> torch.Tensor:
+    """W + each active adapter's B A * scaling, added in `dtype` (a frozen base held in bfloat16 under
+    mixed precision, merged into the float32 checkpoint without rounding the adapters' part)."""
+    weight = layer.base_layer.weight.detach().to(dtype)
+    if not layer.merged and not layer.disable_adapters:
+        for name in layer.active_adapters:
+            if name in layer.lora_A:
+                weight = weight + layer.get_delta_weight(name).detach().to(dtype)
+    return weight
+
+
 def save_merged(model, folder) -> None:
     """Write `model` with its adapters merged in (W + BA) as a transformers checkpoint, a shard per
     decoder layer and one for the rest, with the index `from_pretrained` reads: at most one layer's
@@ -141,13 +159,13 @@ def save_merged(model, folder) -> None:
     import json
     import re
     from safetensors.torch import save_file
-    from lm.decode import weight_of
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    dtype = next(p.dtype for p in model.parameters() if p.requires_grad)  # the adapters': the run's weights
     tensors, seen = {}, set()  # saved name -> a function giving the tensor; storages already listed
     for name, module in model.named_modules():
         if hasattr(module, "lora_A") and hasattr(module, "base_layer"):
-            tensors[f"{name}.weight"] = lambda m=module: weight_of(m)
+            tensors[f"{name}.weight"] = lambda m=module: merged_weight(m, dtype)
             if module.base_layer.bias is not None:
                 tensors[f"{name}.bias"] = lambda m=module: m.base_layer.bias.detach()
     for name, tensor in model.state_dict().items():
@@ -160,7 +178,7 @@ def save_merged(model, folder) -> None:
     weight_map, total = {}, 0
     for k, group in enumerate(groups, 1):
         shard = f"model-{k:05d}-of-{len(groups):05d}.safetensors"
-        part = {n: make().cpu().contiguous() for n, make in tensors.items() if layer_of(n) == group}
+        part = {n: make().to("cpu", dtype).contiguous() for n, make in tensors.items() if layer_of(n) == group}
         save_file(part, folder / shard, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(part, shard))
         total += sum(t.numel() * t.element_size() for t in part.values())

@@ -56,9 +56,9 @@ def main(config: SFTConfig) -> dict:
     resume_from, out = ckpt.start_run(config.output_dir, config.resume, config.overwrite)
     start_from = resume_from if resume_from and not config.use_peft else config.model  # LoRA: base + adapter
     model, tokenizer = load_model(str(start_from), dtype=config.dtype, device=device, training=True)
-    if config.use_peft:  # LoRA adapters (lm/lora.py)
-        lora.attach(model, config, resume_from)
     precision = resolve_precision(config.dtype, model.device)
+    if config.use_peft:  # LoRA adapters (lm/lora.py)
+        lora.attach(model, config, resume_from, precision.compute if precision.mixed else None)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.fsdp:  # weights, gradients and AdamW state split over the ranks

@@ -114,3 +114,26 @@ def test_sft_and_distill_train_adapters_only(tmp_path):
         assert torch.equal(saved["model.embed_tokens.weight"], base["model.embed_tokens.weight"])  # frozen
         assert not torch.equal(saved["model.layers.0.self_attn.q_proj.weight"],
                                base["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_under_mixed_precision_the_frozen_base_is_held_in_bfloat16_and_resumes_exactly(tmp_path, monkeypatch):
+    # a frozen weight needs no float32 master (issue 29): the base in the compute dtype, adapters float32
+    seen, real = {}, lora.attach
+    monkeypatch.setattr(lora, "attach", lambda model, *a, **k: seen.setdefault("model", real(model, *a, **k)))
+    kw = dict(TINY_GRPO, dtype="bf16-mixed")
+    grpo.train.main(GRPOConfig(**kw, output_dir=str(tmp_path / "full")))
+    model = seen["model"]
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    full = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["grad_norm"] > 0 for m in full)
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "checkpoint-4", dtype="auto")
+    assert {p.dtype for p in saved.parameters()} == {torch.float32}      # merged in float32, as trained
+    q = model.model.layers[0].self_attn.q_proj
+    assert torch.equal(saved.model.layers[0].self_attn.q_proj.weight, lora.merged_weight(q, torch.float32))
+    cut = tmp_path / "cut"
+    grpo.train.main(GRPOConfig(**{**kw, "max_steps": 2}, output_dir=str(cut)))
+    grpo.train.main(GRPOConfig(**kw, output_dir="x", resume=str(cut)))
+    again = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(full, again):
+        assert (b["reward"], b["grad_norm"]) == (a["reward"], a["grad_norm"]), a["step"]
