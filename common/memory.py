@@ -70,41 +70,44 @@ def activation_bytes(config, tokens: int, context: int, compute_bytes: int, chec
     return tokens * H * compute_bytes * L + per_layer if checkpointing else per_layer * L
 
 
+def state_parts(config, precision, n: dict) -> list[tuple[str, float]]:
+    """Weights, gradients and optimizer state (each rank's share under --fsdp), for any training config."""
+    from common.optim import state_bytes_per_parameter
+    shard = dist.world() if config.fsdp else 1
+    return [(f"weights ({precision.weights})", weight_bytes(n, precision, config.use_peft) / shard),
+            ("gradients", n["trainable"] * precision.weights.itemsize / shard),
+            (f"optimizer state ({config.optim})",
+             n["trainable"] * state_bytes_per_parameter(config.optim, precision.weights) / shard)]
+
+
 def grpo_components(config, device: torch.device, model=None) -> tuple[list[tuple[str, float]], dict]:
     """([(component, bytes)], {phase: bytes}) for a `run.py grpo` config on `device`; `model` on the
     meta device (built from config.model when not given)."""
-    from common.optim import state_bytes_per_parameter
     from lm.decode import LeanDecoder
     from lm.precision import resolve_precision
     precision = resolve_precision(config.dtype, device, training=True)
-    wb, cb = (torch.finfo(t).bits // 8 for t in (precision.weights, precision.compute))
+    wb, cb = precision.weights.itemsize, precision.compute.itemsize
     model = model if model is not None else meta_model(config.model, config.trust_remote_code)
     mc = model.config
     n = model_counts(model, config.lora_r if config.use_peft else 0, config.lora_target_modules)
-    world = dist.world()
-    rows = config.prompts_per_step * config.group_size // world
+    rows = config.prompts_per_step * config.group_size // dist.world()
+    micro = min(config.micro_batch_size, rows)
     T, P = config.max_completion_length, PROMPT_TOKENS
     head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
-    optimizer = n["trainable"] * state_bytes_per_parameter(config.optim, precision.weights)
-    shard = world if config.fsdp else 1
-    parts = [
-        (f"weights ({precision.weights})", weight_bytes(n, precision, config.use_peft) / shard),
-        ("gradients", n["trainable"] * wb / shard),
-        (f"optimizer state ({config.optim})", optimizer / shard),
+    parts = state_parts(config, precision, n) + [
         (f"sampler's weight copies ({precision.compute})", sampler_copies(n, precision, device, config.use_peft)
          if LeanDecoder.supports(model) else 0.0),
         ("reference model (beta > 0)", n["total"] * cb if config.beta > 0 and not config.use_peft else 0.0),
         (f"KV cache, sampling {rows} rows x {P + T} positions",
          2 * mc.num_hidden_layers * mc.num_key_value_heads * head_dim * (P + T) * rows * cb),
-        (f"activations, one micro-batch of {min(config.micro_batch_size, rows)}",
-         activation_bytes(mc, min(config.micro_batch_size, rows) * T, P + T, cb, config.gradient_checkpointing)),
+        (f"activations, one micro-batch of {micro}",
+         activation_bytes(mc, micro * T, P + T, cb, config.gradient_checkpointing)),
         (f"log-prob chunk ({config.logprob_chunk_size} positions x vocabulary)",
-         min(config.logprob_chunk_size, min(config.micro_batch_size, rows) * T) * mc.vocab_size * (cb + 8)),
+         min(config.logprob_chunk_size, micro * T) * mc.vocab_size * (cb + 8)),
         ("process (interpreter, libraries)", PROCESS_CPU if device.type == "cpu" else 0.0),
         ("a layer merged as a checkpoint is written (LoRA)",
          n["layers"] / mc.num_hidden_layers * wb if config.use_peft else 0.0),
     ]
-    b = dict(parts)
     weights, grads, state, copies, ref, kv, act, chunk, process, merged = (size for _, size in parts)
     held = weights + state + copies + ref + process
     phases = {"loading": process + 2 * weights,           # the weights and the file they are read from
@@ -117,7 +120,7 @@ def grpo_components(config, device: torch.device, model=None) -> tuple[list[tupl
 def weight_bytes(n: dict, precision, lora: bool) -> float:
     """The model's weights; with LoRA under mixed precision the frozen base is held in the compute
     dtype (lm.lora.attach), the adapters in the weights' dtype."""
-    wb, cb = (torch.finfo(t).bits // 8 for t in (precision.weights, precision.compute))
+    wb, cb = precision.weights.itemsize, precision.compute.itemsize
     return (n["total"] - n["trainable"]) * cb + n["trainable"] * wb if lora else n["total"] * wb
 
 
@@ -125,7 +128,7 @@ def sampler_copies(n: dict, precision, device: torch.device, lora: bool) -> floa
     """Bytes of the lean decoder's copies (lm/decode.py): every layer's matrices and the output layer in
     the compute dtype, except single matrices already in it (o, down without adapters, the output
     layer), which it reads in place; on a CPU float32 ones are copies (prepacked for oneDNN)."""
-    cb = torch.finfo(precision.compute).bits // 8
+    cb = precision.compute.itemsize
     copies = (n["layers"] + n["head"]) * cb
     if precision.weights == precision.compute and not (device.type == "cpu" and precision.weights == torch.float32):
         copies -= (n["head"] + (0 if lora else n["single"])) * cb
@@ -144,25 +147,22 @@ def packed_components(config, device: torch.device, model=None, teacher=None) ->
     """The plan of `run.py sft` / `run.py distill` (packed rows): the model (the student), gradients,
     optimizer, the activations of one micro-batch (batch-size rows of max-length tokens), the output
     layer's chunk, and for distillation the frozen teacher in the compute dtype with its logits."""
-    from common.optim import state_bytes_per_parameter
     from lm.precision import resolve_precision
     precision = resolve_precision(config.dtype, device, training=True)
-    wb, cb = (torch.finfo(t).bits // 8 for t in (precision.weights, precision.compute))
+    cb = precision.compute.itemsize
     mc = model.config
     n = model_counts(model, config.lora_r if config.use_peft else 0, config.lora_target_modules)
-    shard = dist.world() if config.fsdp else 1
     tokens = config.batch_size * config.max_length
-    parts = [(f"weights ({precision.weights})", weight_bytes(n, precision, config.use_peft) / shard),
-             ("gradients", n["trainable"] * wb / shard),
-             (f"optimizer state ({config.optim})", n["trainable"] * state_bytes_per_parameter(config.optim, precision.weights) / shard),
-             (f"activations, one micro-batch of {tokens} tokens",
-              activation_bytes(mc, tokens, config.max_length, cb, config.gradient_checkpointing)
-              if hasattr(config, "gradient_checkpointing") else activation_bytes(mc, tokens, config.max_length, cb, False)),
-             (f"output-layer chunk (1024 positions x vocabulary)", min(1024, tokens) * mc.vocab_size * (cb + 8)),
-             ("teacher (frozen) and its logits", teacher_bytes(teacher, tokens, cb) if teacher is not None else 0.0),
-             ("process (interpreter, libraries)", PROCESS_CPU if device.type == "cpu" else 0.0)]
-    b = [size for _, size in parts]
-    return parts, {"loading": b[-1] + 2 * b[0] + b[5], "training": sum(b)}
+    checkpointing = getattr(config, "gradient_checkpointing", False)   # sft has it, distill not
+    parts = state_parts(config, precision, n) + [
+        (f"activations, one micro-batch of {tokens} tokens",
+         activation_bytes(mc, tokens, config.max_length, cb, checkpointing)),
+        ("output-layer chunk (1024 positions x vocabulary)", min(1024, tokens) * mc.vocab_size * (cb + 8)),
+        ("teacher (frozen) and its logits", teacher_bytes(teacher, tokens, cb) if teacher is not None else 0.0),
+        ("process (interpreter, libraries)", PROCESS_CPU if device.type == "cpu" else 0.0)]
+    weights, grads, state, act, chunk, teacher_part, process = (size for _, size in parts)
+    return parts, {"loading": process + 2 * weights + teacher_part,
+                   "training": weights + grads + state + act + chunk + teacher_part + process}
 
 
 def teacher_bytes(teacher, tokens: int, cb: int) -> float:

@@ -5,7 +5,7 @@ from common.config import arg
 from lm.lora import LoraFlags
 from lm.precision import CHOICES as DTYPES
 from lm.precision import HELP as PRECISION_HELP
-from common.optim import OPTIM_HELP, OPTIMS, SCHEDULES
+from common.optim import OPTIM_HELP, SCHEDULES, check_optim
 from common.trackers import parse_report_to
 from grpo.advantages import SCALES
 from grpo.loss import LOSS_TYPES
@@ -103,11 +103,7 @@ class GRPOConfig(LoraFlags):
                 raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
-        if self.optim not in OPTIMS:
-            raise ValueError(f"--optim {self.optim!r}: choose one of {', '.join(OPTIMS)}")
-        if self.fsdp and self.optim != "adamw_torch":
-            raise ValueError(f"--optim {self.optim} with --fsdp: torchao's quantised AdamW state does not go through "
-                             f"FSDP2's checkpoints yet; use --optim adamw_torch (bfloat16 weights work)")
+        check_optim(self.optim, self.fsdp)
         for value, choices, flag in ((self.curriculum, ("none", "pass-rate"), "--curriculum"),
                                      (self.sampler_correction, ("none", "tis"), "--sampler-correction")):
             if value not in choices:

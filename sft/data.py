@@ -10,7 +10,7 @@ from common.config import arg
 from lm.lora import LoraFlags
 from lm.precision import CHOICES as DTYPES
 from lm.precision import HELP as PRECISION_HELP
-from common.optim import OPTIM_HELP, OPTIMS, SCHEDULES
+from common.optim import OPTIM_HELP, SCHEDULES, check_optim
 from common.trackers import parse_report_to
 
 from sft.packing import Batch, TokenizeReport, collate_padded, collate_rows, pack, tokenize
@@ -61,11 +61,7 @@ class PackedTrainingFlags(LoraFlags):
             raise ValueError(f"--lr-scheduler {self.lr_scheduler!r}: choose one of {', '.join(SCHEDULES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
-        if self.optim not in OPTIMS:
-            raise ValueError(f"--optim {self.optim!r}: choose one of {', '.join(OPTIMS)}")
-        if self.fsdp and self.optim != "adamw_torch":
-            raise ValueError(f"--optim {self.optim} with --fsdp: torchao's quantised AdamW state does not go through "
-                             f"FSDP2's checkpoints yet; use --optim adamw_torch (bfloat16 weights work)")
+        check_optim(self.optim, self.fsdp)
         if self.resume and self.overwrite:
             raise ValueError("--resume continues a run and --overwrite removes one: choose one")
         parse_report_to(self.report_to)
