@@ -167,7 +167,7 @@ def main(config: DistillConfig) -> dict:
             print(f"student: teacher layers {layers} ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M "
                   f"parameters, teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M)")
     if config.use_peft:  # LoRA adapters on the student (lm/lora.py)
-        lora.attach(student, config, resume_from, precision.compute if precision.mixed else None)
+        lora.attach(student, config, resume_from, precision)
     if config.fsdp:  # the student's weights, gradients and AdamW state split over the ranks; the teacher's weights
         sharding.shard(student, precision)
         sharding.shard(teacher)

@@ -95,7 +95,7 @@ def set_up(config: GRPOConfig) -> tuple[Run, int, int]:
     precision = resolve_precision(config.dtype, model.device)  # float32 weights, bfloat16 compute on a GPU
     ref_model = None
     if config.use_peft:  # LoRA adapters (lm/lora.py); the reference is the model with them off
-        lora.attach(model, config, resume_from, precision.compute if precision.mixed else None)
+        lora.attach(model, config, resume_from, precision)
     elif config.beta > 0:  # the reference is always the starting model, also on resume; it runs forward only
         ref_model = (load_model(config.model, dtype=config.dtype, device=device)[0] if resume_from
                      else copy.deepcopy(model).to(precision.compute)).eval().requires_grad_(False)

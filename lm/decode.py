@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from lm.logprobs import linear_head
+from lm.lora import merged_weight
 
 SUPPORTED = ("llama", "qwen2")
 COMPILE_ON_CUDA = True  # compile the layer's two halves on a GPU (see LeanDecoder.__init__)
@@ -143,12 +144,9 @@ def weight_of(layer) -> torch.Tensor:
     """A linear layer's weight as its forward applies it. With LoRA adapters (peft, lm/lora.py) that are
     on and not merged: W + each active adapter's B A * scaling, so the sampler samples the adapted model
     (its copies are refreshed after every optimizer step, as for full fine-tuning)."""
-    weight = layer.weight.detach()
-    if hasattr(layer, "lora_A") and not layer.merged and not layer.disable_adapters:
-        for name in layer.active_adapters:
-            if name in layer.lora_A:
-                weight = weight + layer.get_delta_weight(name).detach().to(weight.dtype)
-    return weight
+    if hasattr(layer, "lora_A"):
+        return merged_weight(layer, layer.weight.dtype)
+    return layer.weight.detach()
 
 
 class Linear:
@@ -165,7 +163,7 @@ class Linear:
     def refresh(self, *layers: torch.nn.Linear) -> None:
         """The given layers' current weights, side by side: in place, or repacked on a CPU. Nothing to do
         where the weight is the layer's own tensor (`fused`: one layer already in the compute dtype)."""
-        if len(layers) == 1 and not self.weight.is_mkldnn and self.weight.data_ptr() == weight_of(layers[0]).data_ptr():
+        if len(layers) == 1 and not self.weight.is_mkldnn and self.weight.data_ptr() == layers[0].weight.data_ptr():
             return
         weight = torch.cat([weight_of(layer) for layer in layers])
         if self.bias is not None:

@@ -7,7 +7,7 @@
                                                       GRPO's reference (beta > 0) with no second copy
     save_merged(model, folder)                        the merged model written a layer at a time (checkpoints)
     merged(model)                                     a plain model of the same config with the adapters
-                                                      merged into its weights (what a checkpoint holds)
+                                                      merged into its weights (the weights a checkpoint holds)
     save_adapters(model, folder)                      adapter_model.safetensors and adapter_config.json
 
 The loops keep calling the transformers model itself (its body, its output layer); peft's wrapper is
@@ -39,19 +39,19 @@ class LoraFlags:
     lora_target_modules: str = arg("all-linear", "with --use-peft: all-linear, or layer names such as q_proj,v_proj")
 
 
-def attach(model, flags: LoraFlags, resume_from=None, frozen_dtype: torch.dtype | None = None):
+def attach(model, flags: LoraFlags, resume_from=None, precision=None):
     """The run's adapters put into `model`: new ones, or a resumed checkpoint's. Says how many train.
-    `frozen_dtype` (the compute dtype under mixed precision): every frozen weight is held in it, since
-    a weight that never changes needs no float32 master (half the base model's memory); the adapters
+    Under mixed `precision` (lm/precision.py) every frozen weight is held in the compute dtype, since a
+    weight that never changes needs no float32 master (half the base model's memory); the adapters
     stay in the weights' dtype."""
     if resume_from is not None:
         load_adapters(model, Path(resume_from) / ADAPTER_DIR)
     else:
         add_adapters(model, flags.lora_r, flags.lora_alpha, flags.lora_dropout, flags.lora_target_modules)
-    if frozen_dtype is not None:
+    if precision is not None and precision.mixed:
         for p in model.parameters():
             if not p.requires_grad:
-                p.data = p.data.to(frozen_dtype)
+                p.data = p.data.to(precision.compute)
     trainable, total = trainable_parameters(model)
     print(f"LoRA: {trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters train ({100 * trainable / total:.2f}%)")
     return model
@@ -124,19 +124,28 @@ def trainable_parameters(model) -> tuple[int, int]:
 def merged(model):
     """A plain transformers model, on the CPU, whose weights are `model`'s with the adapters merged in
     (the model itself is left as it is: merging and unmerging in place would move its base weights by
-    float rounding, and a resumed run must continue from exactly the same weights)."""
-    from lm.decode import weight_of
+    float rounding, and a resumed run must continue from exactly the same weights). A whole second
+    copy: checkpoints use `save_merged`, which writes the same tensors a layer at a time."""
     from lm.sharding import plain_copy
-    state = {}
+    return plain_copy(model, {name: make().cpu() for name, make in merged_tensors(model).items()}, "cpu")
+
+
+def merged_tensors(model) -> dict:
+    """{name in the plain model's state dict: a function giving that tensor, merged where adapted}, in
+    the adapters' dtype (the run's weights); a tied output layer is its embedding and is listed once."""
+    dtype = next(p.dtype for p in model.parameters() if p.requires_grad)
+    tensors, seen = {}, set()  # saved name -> a function giving the tensor; storages already listed
     for name, module in model.named_modules():
         if hasattr(module, "lora_A") and hasattr(module, "base_layer"):
-            state[f"{name}.weight"] = weight_of(module).cpu()
+            tensors[f"{name}.weight"] = lambda m=module: merged_weight(m, dtype)
             if module.base_layer.bias is not None:
-                state[f"{name}.bias"] = module.base_layer.bias.detach().cpu()
+                tensors[f"{name}.bias"] = lambda m=module: m.base_layer.bias.detach().to(dtype)
     for name, tensor in model.state_dict().items():
-        if "lora_" not in name and ".base_layer." not in name:
-            state.setdefault(name, tensor.detach().cpu())
-    return plain_copy(model, state, "cpu")
+        if "lora_" not in name and ".base_layer." not in name and name not in tensors:
+            if tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                tensors[name] = lambda t=tensor: t.detach().to(dtype)
+    return tensors
 
 
 def merged_weight(layer, dtype: torch.dtype) -> torch.Tensor:
@@ -154,31 +163,20 @@ def save_merged(model, folder) -> None:
     """Write `model` with its adapters merged in (W + BA) as a transformers checkpoint, a shard per
     decoder layer and one for the rest, with the index `from_pretrained` reads: at most one layer's
     merged weights exist at a time, where `merged(model)` holds a whole second copy of the model (5.8
-    GiB for a 3B model in bfloat16) while it saves. The same tensors as `merged(model)`, to the bit."""
+    GiB for a 3B model in bfloat16). The same tensors as `merged(model)` (`merged_tensors`)."""
     import copy
     import json
     import re
     from safetensors.torch import save_file
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    dtype = next(p.dtype for p in model.parameters() if p.requires_grad)  # the adapters': the run's weights
-    tensors, seen = {}, set()  # saved name -> a function giving the tensor; storages already listed
-    for name, module in model.named_modules():
-        if hasattr(module, "lora_A") and hasattr(module, "base_layer"):
-            tensors[f"{name}.weight"] = lambda m=module: merged_weight(m, dtype)
-            if module.base_layer.bias is not None:
-                tensors[f"{name}.bias"] = lambda m=module: m.base_layer.bias.detach()
-    for name, tensor in model.state_dict().items():
-        if "lora_" not in name and ".base_layer." not in name and name not in tensors:
-            if tensor.data_ptr() not in seen:  # a tied output layer is its embedding: written once
-                seen.add(tensor.data_ptr())
-                tensors[name] = lambda t=tensor: t.detach()
+    tensors = merged_tensors(model)
     layer_of = lambda name: int(m.group(1)) if (m := re.search(r"\.layers\.(\d+)\.", name)) else -1
     groups = sorted({layer_of(n) for n in tensors})
     weight_map, total = {}, 0
     for k, group in enumerate(groups, 1):
         shard = f"model-{k:05d}-of-{len(groups):05d}.safetensors"
-        part = {n: make().to("cpu", dtype).contiguous() for n, make in tensors.items() if layer_of(n) == group}
+        part = {n: make().cpu().contiguous() for n, make in tensors.items() if layer_of(n) == group}
         save_file(part, folder / shard, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(part, shard))
         total += sum(t.numel() * t.element_size() for t in part.values())

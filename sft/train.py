@@ -58,7 +58,7 @@ def main(config: SFTConfig) -> dict:
     model, tokenizer = load_model(str(start_from), dtype=config.dtype, device=device, training=True)
     precision = resolve_precision(config.dtype, model.device)
     if config.use_peft:  # LoRA adapters (lm/lora.py)
-        lora.attach(model, config, resume_from, precision.compute if precision.mixed else None)
+        lora.attach(model, config, resume_from, precision)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.fsdp:  # weights, gradients and AdamW state split over the ranks
