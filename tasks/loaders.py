@@ -110,15 +110,20 @@ def read_file(path: Path, split: str) -> tuple[list, bool]:
 def read_rows(spec: str, split: str = "train") -> list[dict]:
     """Rows of a local file or hub dataset, unvalidated (a local file's rows whatever the split, unless
     it has splits)."""
+    return read_split(spec, split)[0]
+
+
+def read_split(spec: str, split: str) -> tuple[list[dict], bool]:
+    """(rows, whether they are `split` itself): a hub dataset's split, or a local file (`read_file`)."""
     path = Path(spec)
     if path.suffix in FILE_SUFFIXES:
-        return read_file(path, split)[0]
+        return read_file(path, split)
     name, _, subset = spec.partition(":")  # openai/gsm8k:main names the hub dataset's configuration
     if name.count("/") != 1 or name.startswith((".", "/")):
         raise DataError(f"dataset {spec!r}: not a .jsonl/.json/.parquet file, 'arithmetic', or a hub id")
     from datasets import load_dataset
     try:
-        return list(load_dataset(name, subset or None, split=split))
+        return list(load_dataset(name, subset or None, split=split)), True
     except Exception as e:  # offline, unknown id, unknown split: one line, the cause named
         raise DataError(f"dataset {spec!r} (split {split}) could not be loaded: "
                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
@@ -180,8 +185,7 @@ def load_math(spec: str, split: str = "train", limit: int | None = None, seed: i
     arithmetic = arithmetic_problems(spec, split, limit, seed)
     if arithmetic is not None:
         return arithmetic
-    path = Path(spec)
-    raw, has_split = read_file(path, split) if path.suffix in FILE_SUFFIXES else (read_rows(spec, split), True)
+    raw, has_split = read_split(spec, split)
     rows = [math_row(row, i, spec) for i, row in enumerate(raw[:limit] if has_split else raw)]
     require(rows, ("problem", "solution"), spec)
     return rows if has_split else file_split(rows, spec, split)[:limit]
