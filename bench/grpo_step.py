@@ -29,7 +29,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 import traceback
 from pathlib import Path
 
@@ -40,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lm.decode  # noqa: E402
 from bench.trl_env import run_child  # noqa: E402
 from common.optim import make_optimizer  # noqa: E402
+from common.runlog import phase_clock  # noqa: E402
 from grpo.loss import grpo_loss  # noqa: E402
 from lm import load_model, sample, token_logprobs  # noqa: E402
 from lm.chat import encode_prompt, prompt_messages  # noqa: E402
@@ -66,15 +66,6 @@ def random_copy(model_dir: str) -> str:
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
     return out
-
-
-class Clock:
-    def __init__(self, device):
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def __call__(self) -> float:
-        self.sync()
-        return time.perf_counter()
 
 
 def grpo_phases(model, ref, optimizer, precision, prompts, G, T, steps, clock, share=True, graphs=None) -> dict:
@@ -186,7 +177,7 @@ def main():
     if args.random_weights:
         path = random_copy(path)
     device = resolve_device(args.device)
-    clock = Clock(device)
+    clock = phase_clock(device)
     precision = resolve_precision(args.dtype, device)
     torch.manual_seed(0)
     model, tok = load_model(path, dtype=args.dtype, device=args.device, training=True)

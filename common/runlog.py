@@ -3,7 +3,21 @@ import dataclasses
 import json
 import math
 import os
+import time
 from pathlib import Path
+
+import torch
+
+
+def phase_clock(device):
+    """A clock for the phases of a step, in seconds: on a GPU it waits for the queued work first, so
+    that a phase's time is its own work and not the launch of its kernels."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+    def clock() -> float:
+        sync()
+        return time.perf_counter()
+    return clock
 
 
 def write_config(output_dir: str | Path, config) -> None:

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from common import dist
 from common.memory import peak_memory_gib, print_plan
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps, time_is_up
-from common.runlog import append_jsonl, open_run, plot_metrics, summary
+from common.runlog import append_jsonl, open_run, phase_clock, plot_metrics, summary
 from common.trackers import start as start_trackers
 from evaluation import eval_metrics
 from grpo.advantages import group_advantages
@@ -167,6 +167,8 @@ def update(run: Run, step: int, s, adv: torch.Tensor, mask: torch.Tensor) -> dic
         trained = trained[adv.cpu() != 0]
     micro = [trained[i:i + config.micro_batch_size] for i in range(0, len(trained), config.micro_batch_size)]
     cut = {"top_k": config.top_k, "top_p": config.top_p} if config.truncated_logprobs else {}  # what sampled
+    clock = phase_clock(model.device)
+    t0 = clock()
 
     def logps_of(m, idx, **kw):  # (n, T) log-probs of the distribution that sampled, in float32
         with run.precision.autocast():
@@ -188,6 +190,8 @@ def update(run: Run, step: int, s, adv: torch.Tensor, mask: torch.Tensor) -> dic
         with torch.no_grad(), lora.dropout_off(model):
             plain_logp = [logps_of(model, idx)[0] for idx in micro]
     # the whole step's denominator on every rank: the ranks' losses add up to the full-batch loss
+    t_logprobs = clock()
+    mark, backward, optimizer = t_logprobs, 0.0, 0.0   # seconds in the policy's passes and in the optimizer
     normalizer = {"grpo": N_all, "dr_grpo": N_all * config.max_completion_length,
                   "dapo": max(1.0, dist.all_sum(mask.sum().item()))}[config.loss_type]
     mismatch = {"sampler_logp_gap": 0.0, "sampler_kl": 0.0}
@@ -214,11 +218,17 @@ def update(run: Run, step: int, s, adv: torch.Tensor, mask: torch.Tensor) -> dic
                 for k, v in sampler_mismatch(s.sampler_logp[idx], trainer, s.completion_mask[idx]).items():
                     mismatch[k] = max(mismatch.get(k, 1.0), v) if k.endswith("_max") else mismatch[k] + v
         dist.sum_gradients(model)  # the full batch's gradient on every rank (0 if untrained)
+        t_backward = clock()
         grad_norm, stepped = clipped_step(model, run.optimizer, run.scheduler, dist.all_sum(step_loss),
                                           config.max_grad_norm, step)
         run.bad_updates = 0 if stepped else run.bad_updates + 1
+        t_end = clock()
+        backward, optimizer, mark = backward + t_backward - mark, optimizer + t_end - t_backward, t_end
+    # the update's phases (a GPU synchronised at each mark): the no-grad log-prob passes (reference,
+    # old, without dropout), the policy's forward and backward passes, the clipped optimizer step
+    times = {"time_logprobs": t_logprobs - t0, "time_backward": backward, "time_optimizer": optimizer}
     return {"loss": step_loss, "stats": stats_sum, "entropy": entropy_sum, "mismatch": mismatch,
-            "grad_norm": grad_norm, "stepped": stepped, "trained": trained, "N_all": N_all}
+            "grad_norm": grad_norm, "stepped": stepped, "trained": trained, "N_all": N_all, "times": times}
 
 
 def step_record(step: int, groups, rewards: torch.Tensor, rounds: dict, result: dict, config: GRPOConfig,
@@ -292,22 +302,23 @@ def main(config: GRPOConfig) -> dict:
     if first_eval and dist.is_main():
         append_jsonl(run.out / "metrics.jsonl", {"step": 0, **first_eval})
         run.trackers.log({"step": 0, **first_eval})
-    last, started = {}, time.perf_counter()
+    last, started, clock = {}, time.perf_counter(), phase_clock(run.model.device)
     bar = tqdm(range(start_step, config.max_steps), desc="grpo", unit="step",
                initial=start_step, total=config.max_steps, disable=not dist.is_main())
     for step in bar:
-        t0 = time.perf_counter()
+        t0 = clock()
         # ---- algorithm: G completions for each of B prompts, scored
         groups, rounds = sample_and_score(run, step, position)
         position += rounds["sampling_rounds"] * config.prompts_per_step
-        t_sample = time.perf_counter()
+        t_sample = clock()
         # ---- algorithm: group-relative advantages, then the update
         rewards, adv, mask = advantages(groups, config, run.model.device)
         result = update(run, step + 1, groups.samples, adv, mask)
-        t_end = time.perf_counter()
+        t_end = clock()
 
         # ---- plumbing: metrics, samples, checkpoints, eval
-        times = {"time_sampling": t_sample - t0, "time_training": t_end - t_sample, "time_step": t_end - t0}
+        times = {"time_sampling": t_sample - t0, "time_training": t_end - t_sample, "time_step": t_end - t0,
+                 **result["times"]}
         record = step_record(step + 1, groups, rewards, rounds, result, config, run.scheduler.get_last_lr()[0], times)
         out_of_time = time_is_up(started, config.max_minutes, step + 1)
         final = step + 1 == config.max_steps or out_of_time

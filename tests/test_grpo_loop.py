@@ -41,6 +41,9 @@ def test_run_py_grpo_trains_and_writes_every_output(tmp_path):
                 "peak_memory_gib"):
         assert key in metrics[1], key
     assert "eval/accuracy" in metrics[0] and "eval/accuracy" in metrics[-1]
+    for m in metrics[1:]:  # the update's phases (beta > 0: a reference pass) add up to within the update's time
+        phases = [m["time_logprobs"], m["time_backward"], m["time_optimizer"]]
+        assert all(t > 0 for t in phases) and sum(phases) <= m["time_training"] < m["time_step"]
     assert all(0 <= m["sampler_logp_gap"] < 1e-4 for m in metrics[1:])  # float32: sampler and trainer agree
     assert all(0.2 < m["peak_memory_gib"] < 8 for m in metrics[1:])       # the process's peak RSS, in GiB
     # the same share read from TRL's chat messages (completion[0]["content"]) as from strings
