@@ -32,8 +32,9 @@ decoder before it decodes, so it never samples from old weights.
 The step reads and writes a `StaticCache`: per layer a (rows, Hkv, capacity, D) key and value buffer
 allocated once for the whole rollout, and a (rows, capacity) mask of the filled columns; the new
 token's key and value go to column `column` (a device tensor: no host value is needed, as a CUDA
-graph requires). `window` limits attention to the first columns (eager decoding on a CPU, where
-shapes may change); None attends over the whole capacity, masked (a captured graph).
+graph requires). `window` limits attention to the first columns (eagerly the filled ones; a captured
+graph, whose shapes are fixed, the filled ones rounded up to a length bucket: lm/rollout.py); None
+attends over the whole capacity, masked.
 
 The step computes what the model's forward computes, in the same dtype, to float rounding
 (|logit difference| < 1e-4 in float32, tested against transformers on tiny Llama and Qwen2 models).

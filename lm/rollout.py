@@ -19,6 +19,9 @@ copy that it reads at the next check, so it never waits for the GPU): none ends 
 moves the running rows into the prefix of the next smaller bucket (padded with finished rows, which
 draw pad) and decoding goes on with that bucket's graph. On a CPU every step checks and the batch
 shrinks to the running rows exactly once a quarter of them finished (syncs cost nothing there).
+Attention reads the cache's filled columns only: eagerly the first P + t, in a graph the first P + t
+rounded up to LENGTH_BUCKET (one graph per bucket of rows and of length), so that a long completion
+does not pay for its whole cache from its first token.
 """
 import torch
 
@@ -26,6 +29,7 @@ import lm.draw as drawing
 
 GRAPH_CHECK_EVERY = 8
 EAGER_BUCKETS = False  # True: eager decoding follows the GPU's policy (buckets, a check every few steps)
+LENGTH_BUCKET = 512    # graphs attend over the filled cache rounded up to this many columns
 
 
 def buckets_for(N: int) -> list[int]:
@@ -93,21 +97,26 @@ class Rollout:
         self.position[:n] += 1
         self.t += 1
 
-    def graph_step(self, decoder, n: int, settings: tuple) -> None:
-        """The step for n rows as a CUDA graph, captured on first use (the warm-up runs change the
-        state, so it is put back before the first replay)."""
-        key = (n, settings)
+    def window(self, filled: int, buckets: bool) -> int:
+        """The cache columns a step attends over: the filled ones, or (buckets) that many rounded up to
+        LENGTH_BUCKET, at most the cache's capacity."""
+        return min(self.cache.capacity, -(-filled // LENGTH_BUCKET) * LENGTH_BUCKET) if buckets else filled
+
+    def graph_step(self, decoder, n: int, settings: tuple, window: int) -> None:
+        """The step for n rows attending over `window` cache columns as a CUDA graph, captured on first
+        use (the warm-up runs change the state, so it is put back before the first replay)."""
+        key = (n, window, settings)
         if key not in self.captured:
             saved = [x.clone() for x in self.state()]
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):
-                    self.step(decoder, n, settings, None)
+                    self.step(decoder, n, settings, window)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                self.step(decoder, n, settings, None)
+                self.step(decoder, n, settings, window)
             for x, value in zip(self.state(), saved):
                 x.copy_(value)
             self.captured[key] = graph
@@ -143,7 +152,8 @@ class Rollout:
                     if b < n:
                         self.keep_first(n, b)
                         n = b
+            window = self.window(P + s, gpu_policy)  # token s's column is P + s - 1
             if self.graphs:
-                self.graph_step(decoder, n, settings)
+                self.graph_step(decoder, n, settings, window)
             else:
-                self.step(decoder, n, settings, window=P + s)
+                self.step(decoder, n, settings, window)

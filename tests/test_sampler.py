@@ -141,6 +141,10 @@ def test_bucket_changes_pad_with_finished_rows_and_change_no_token(tok, monkeypa
     candidates = sorted((t for t in rows_with if rows_with[t] < len(ids)), key=rows_with.get, reverse=True)[:5]
     monkeypatch.setattr(lm.rollout, "EAGER_BUCKETS", True)
     monkeypatch.setattr(lm.rollout, "GRAPH_CHECK_EVERY", 4)
+    monkeypatch.setattr(lm.rollout, "LENGTH_BUCKET", 16)  # attention over the filled columns rounded up to 16
+    windows, step = [], lm.rollout.Rollout.step
+    monkeypatch.setattr(lm.rollout.Rollout, "step", lambda self, decoder, n, settings, window: (
+        windows.append((int(self.base + self.t), window, self.cache.capacity)), step(self, decoder, n, settings, window))[1])
     shrinks, real = [], lm.rollout.Rollout.keep_first
     monkeypatch.setattr(lm.rollout.Rollout, "keep_first",
                         lambda self, n, b: (shrinks.append((n, b, int((~self.finished[:n]).sum()))), real(self, n, b))[1])
@@ -151,12 +155,17 @@ def test_bucket_changes_pad_with_finished_rows_and_change_no_token(tok, monkeypa
         assert torch.equal(lean.completion_mask, plain.completion_mask)
         assert torch.allclose(lean.sampler_logp, plain.sampler_logp, atol=1e-5)
     assert all(b in (6, 3, 2, 1) and running <= b < n for n, b, running in shrinks), shrinks
+    # each step reads the columns filled so far (through its own token's), rounded up to 16 below the capacity
+    assert all(w == min(c, -(-filled // 16) * 16) for filled, w, c in windows), windows
+    assert len({w for _, w, c in windows if w < c}) >= 2, windows       # the window grew with the completion
     assert any(running < b for n, b, running in shrinks), shrinks     # a bucket padded with finished rows
 
 
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_graph_decoding_equals_eager_decoding(tok, dtype):
+@pytest.mark.parametrize("length_bucket", [512, 8])  # 8: a graph per 8 columns, the window grows as it decodes
+def test_cuda_graph_decoding_equals_eager_decoding(tok, dtype, length_bucket, monkeypatch):
+    monkeypatch.setattr(lm.rollout, "LENGTH_BUCKET", length_bucket)
     model = sharp(tok).to("cuda", dtype)
     prompts = [encode_prompt(tok, "2+2?"), encode_prompt(tok, "What is 17 * 23 - 5?"), encode_prompt(tok, "hi")]
     kw = dict(group_size=4, max_new_tokens=24, temperature=1.0, eos_token_id=tok.eos_token_id, keys=[1, 2, 3])
