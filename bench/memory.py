@@ -1,18 +1,25 @@
 """How much memory a GRPO step of a large model takes through `run.py grpo`, against what `--plan`
-predicts (issue 29). Models of Qwen2.5's shapes with random weights are written once to a cache folder
-(with the built-in model's tokenizer, whose ids fit Qwen's vocabulary); each case runs `run.py grpo` in
-its own process, one step of 1 prompt x 4 completions of 16 tokens, with a reward that varies on
-random weights' gibberish (so the step trains: its gradient norm is shown), and reports the process's
-peak memory over its whole life, loading and the final checkpoint included (CPU: ru_maxrss; GPU:
-max_memory_allocated).
+predicts (issues 29 and 30). Models of Qwen2.5's shapes with random weights are made on the device that
+runs them (initialised there, as transformers does, std 0.02: seconds for 14B on a GPU) and written to a
+folder with the built-in model's tokenizer, whose ids fit Qwen's vocabulary; each case runs `run.py
+grpo` in its own process, one step of --prompts x --group-size completions of --tokens new tokens, with
+a reward that varies on random weights' gibberish (so the step trains: its gradient norm is shown), and
+reports the process's peak memory over its whole life, loading and the final checkpoint included (CPU:
+ru_maxrss; GPU: max_memory_allocated), the plan's prediction and the step's phases.
 
-    python bench/memory.py                          # the 1.5B full fine-tuning and 3B LoRA cases
-    python bench/memory.py --cases 1.5b-full --device cuda
-    python bench/memory.py --cases tiny-full        # seconds: checks the script itself
+A case is SHAPE-MODE: SHAPE one of SHAPES below, MODE `full` (bfloat16 weights, 8-bit AdamW: 6 bytes a
+parameter) or `lora` (a bfloat16 frozen base, adapters); `--flags` adds run.py flags to every case;
+`--plan-only` cases write only the config and run `--plan` (a 32B model's weights would not fit a 64 GiB disk).
+
+    python bench/memory.py                          # the 1.5B full fine-tuning and 3B LoRA cases, here
+    python bench/memory.py --device cuda --cases 7b-full,14b-lora --prompts 8 --group-size 8 --tokens 1024 \
+        --flags "--gradient-checkpointing" --plan-only 32b-lora --drop-models
+    python bench/memory.py --cases tiny-full,tiny-lora   # seconds: checks the script itself
 """
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,12 +40,15 @@ SHAPES = {
     "3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
                num_key_value_heads=2),
     "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, tie_word_embeddings=False),
+               num_key_value_heads=4, tie_word_embeddings=False, vocab_size=152064),
+    "14b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=48, num_attention_heads=40,
+                num_key_value_heads=8, tie_word_embeddings=False, vocab_size=152064),
+    "32b": dict(hidden_size=5120, intermediate_size=27648, num_hidden_layers=64, num_attention_heads=40,
+                num_key_value_heads=8, tie_word_embeddings=False, vocab_size=152064),
 }
-CASES = {  # name: (shape, extra flags)
-    "tiny-full": ("tiny", ["--dtype", "bfloat16", "--optim", "adamw_torch_8bit"]),
-    "1.5b-full": ("1.5b", ["--dtype", "bfloat16", "--optim", "adamw_torch_8bit"]),
-    "3b-lora": ("3b", ["--dtype", "bfloat16", "--use-peft"]),
+MODES = {  # how each case trains
+    "full": ["--dtype", "bfloat16", "--optim", "adamw_torch_8bit"],
+    "lora": ["--dtype", "bfloat16", "--use-peft"],
 }
 PROBE = """
 import runpy, sys, json, resource, torch
@@ -53,72 +63,128 @@ print("PEAK", json.dumps({"rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru
 """
 
 
-def model_folder(shape: str, cache: Path) -> Path:
-    """A Qwen2-architecture model of `shape` with random bfloat16 weights (initialised as transformers
-    does, std 0.02), written once."""
-    folder = cache / f"random-qwen2.5-{shape}"
+def model_folder(shape: str, cache: Path, device: str = "cpu", weights: bool = True) -> Path:
+    """A Qwen2-architecture model of `shape` with random bfloat16 weights, initialised on `device` as
+    transformers does (std 0.02), written once with the built-in tokenizer (only its config and
+    tokenizer when not `weights`: enough for `--plan`)."""
+    folder = cache / f"random-qwen2.5-{shape}{'' if weights else '-config'}"
     if (folder / "config.json").exists():
         return folder
     import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
-    from lm.loading import BUILTIN, load_model
-    _, tokenizer = load_model(BUILTIN)
-    config = Qwen2Config(vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, **SHAPES[shape])
-    start = time.perf_counter()
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+    from lm.loading import builtin_model_dir
+    tokenizer = AutoTokenizer.from_pretrained(builtin_model_dir())  # its config and tokenizer are all it needs
+    config = Qwen2Config(**{"vocab_size": 151936, "max_position_embeddings": 32768, "rope_theta": 1e6,
+                            "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "bos_token_id": tokenizer.bos_token_id,
+                            "eos_token_id": tokenizer.eos_token_id, **SHAPES[shape]})
     tmp = folder.with_name(folder.name + ".tmp")
-    model.save_pretrained(tmp)
+    start = time.perf_counter()
+    if weights:
+        torch.manual_seed(0)
+        with torch.device(device):  # made and initialised where it runs: nothing large crosses a bus
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model.save_pretrained(tmp)
+        n = sum(p.numel() for p in model.parameters())
+        del model
+    else:
+        config.save_pretrained(tmp)
+        n = None
     tokenizer.save_pretrained(tmp)
     tmp.rename(folder)
-    n = sum(p.numel() for p in model.parameters())
-    print(f"{folder}: {n / 1e9:.2f}B parameters, written in {time.perf_counter() - start:.0f} s", flush=True)
+    size = f"{n / 1e9:.2f}B parameters" if n else "config only"
+    print(f"{folder}: {size}, made on {device} and written in {time.perf_counter() - start:.0f} s", flush=True)
     return folder
 
 
-def grpo_flags(model: Path, device: str, extra: list[str], out: Path) -> list[str]:
-    return ["grpo", "--model", str(model), "--device", device, "--prompts-per-step", "1", "--group-size", "4",
-            "--max-completion-length", "16", "--max-steps", "1", "--eval-every", "-1", "--learning-rate", "1e-5",
-            "--reward-funcs", "tests.toy_rewards:vowel_share", "--output-dir", str(out), "--overwrite", *extra]
+def grpo_flags(model: Path, device: str, args, extra: list[str], out: Path) -> list[str]:
+    return ["grpo", "--model", str(model), "--device", device, "--prompts-per-step", str(args.prompts),
+            "--group-size", str(args.group_size), "--max-completion-length", str(args.tokens), "--max-steps", "1",
+            "--eval-every", "-1", "--learning-rate", "1e-5", "--reward-funcs", "tests.toy_rewards:vowel_share",
+            "--output-dir", str(out), "--overwrite", *extra, *args.flags.split()]
 
 
-def run_case(name: str, device: str, cache: Path) -> dict:
-    shape, extra = CASES[name]
-    model = model_folder(shape, cache)
+def predicted_gib(flags: list[str]) -> tuple[float | None, str]:
+    plan = subprocess.run([sys.executable, "run.py", *flags, "--plan"], cwd=ROOT, capture_output=True, text=True)
+    found = re.search(r"^predicted peak: ([\d.]+) GiB", plan.stdout, re.M)
+    return (float(found.group(1)) if found else None), plan.stdout + plan.stderr[-2000:] * (plan.returncode != 0)
+
+
+def run_case(name: str, args, plan_only: bool = False) -> dict:
+    shape, mode = name.rsplit("-", 1)
+    if shape not in SHAPES or mode not in MODES:
+        sys.exit(f"error: --cases {name}: expected SHAPE-MODE with SHAPE in {', '.join(SHAPES)} and MODE in {', '.join(MODES)}")
+    extra = MODES[mode]
+    model = model_folder(shape, Path(args.cache), args.device, weights=not plan_only)
+    row = {"case": name, "flags": " ".join(extra + args.flags.split()), "measured_gib": None, "step_peak_gib": None,
+           "grad_norm": None, "reward": None, "phases": {}, "seconds": 0}
     with tempfile.TemporaryDirectory() as tmp:
-        flags = grpo_flags(model, device, extra, Path(tmp) / "run")
-        plan = subprocess.run([sys.executable, "run.py", *flags, "--plan"], cwd=ROOT, capture_output=True, text=True)
-        predicted = re.search(r"^predicted peak: ([\d.]+) GiB", plan.stdout, re.M)
+        flags = grpo_flags(model, args.device, args, extra, Path(tmp) / "run")
+        row["predicted_gib"], row["plan"] = predicted_gib(flags)
+        if plan_only:
+            return row
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", PROBE, *flags], cwd=ROOT, capture_output=True, text=True)
+        row["seconds"] = round(time.perf_counter() - start)
+        if args.drop_models:  # a 14B model is 28 GB of a 64 GiB disk
+            shutil.rmtree(model, ignore_errors=True)
         if done.returncode:
-            sys.exit(f"{name}: run.py grpo failed:\n{done.stderr[-3000:]}")
+            print(f"{name}: run.py grpo failed:\n{done.stderr[-3000:]}", flush=True)
+            row["failed"] = (done.stderr.strip().splitlines() or ["?"])[-1][:200]
+            return row
         peak = json.loads(re.search(r"^PEAK (.*)$", done.stdout, re.M).group(1))
         metrics = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-    measured = peak["cuda_gib"] if device == "cuda" else peak["rss_gib"]
-    return {"case": name, "flags": " ".join(extra), "measured_gib": round(measured, 2),
-            "predicted_gib": float(predicted.group(1)) if predicted else None,
-            "step_peak_gib": metrics[-1]["peak_memory_gib"], "grad_norm": metrics[-1]["grad_norm"],
-            "reward": metrics[-1]["reward"], "seconds": round(time.perf_counter() - start), "plan": plan.stdout}
+    last = metrics[-1]
+    row.update(measured_gib=round(peak["cuda_gib"] if args.device == "cuda" else peak["rss_gib"], 2),
+               step_peak_gib=last["peak_memory_gib"], grad_norm=last["grad_norm"], reward=last["reward"],
+               phases={k[5:]: last[k] for k in PHASES if k in last})
+    return row
+
+
+PHASES = ("time_sampling", "time_logprobs", "time_backward", "time_optimizer")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="1.5b-full,3b-lora", help=f"comma-separated: {', '.join(CASES)}")
+    parser.add_argument("--cases", default="1.5b-full,3b-lora", help="comma-separated SHAPE-MODE cases")
+    parser.add_argument("--plan-only", default="", help="comma-separated cases to plan without running")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--prompts", type=int, default=1)
+    parser.add_argument("--group-size", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=16, help="new tokens a completion (random weights: all of them)")
+    parser.add_argument("--flags", default="", help="more run.py grpo flags for every case")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "r1-recipe"))
+    parser.add_argument("--drop-models", action="store_true", help="delete each model folder after its case")
     args = parser.parse_args()
-    rows = [run_case(name, args.device, Path(args.cache)) for name in args.cases.split(",")]
-    print("| case | flags | peak, whole process (GiB) | --plan predicted (GiB) | predicted / measured | grad norm | wall-clock |")
-    print("|---|---|---|---|---|---|---|")
+    cases = [(name, False) for name in args.cases.split(",") if name] + \
+            [(name, True) for name in args.plan_only.split(",") if name]
+    rows = []
+    for name, plan_only in cases:
+        rows.append(run_case(name, args, plan_only))
+        print(f"{name}: {json.dumps({k: v for k, v in rows[-1].items() if k != 'plan'})}", flush=True)
+    where = torch_device_name(args.device)
+    print(f"\n{args.prompts} prompt(s) x {args.group_size} x {args.tokens} new tokens, beta 0, on {where}:\n")
+    print("| case | flags | peak, whole process (GiB) | --plan predicted (GiB) | predicted / measured | "
+          "sampling / log-probs / backward / optimizer (s) | grad norm | wall-clock |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        ratio = f"{r['predicted_gib'] / r['measured_gib']:.2f}" if r["predicted_gib"] else "no plan"
-        print(f"| {r['case']} | `{r['flags']}` | {r['measured_gib']:.2f} | {r['predicted_gib']} | {ratio} | "
-              f"{r['grad_norm']:.3g} | {r['seconds']} s |")
+        measured = f"{r['measured_gib']:.2f}" if r["measured_gib"] is not None else r.get("failed", "plan only")
+        ratio = f"{r['predicted_gib'] / r['measured_gib']:.2f}" if r["predicted_gib"] and r["measured_gib"] else "-"
+        phases = " / ".join(f"{r['phases'][k[5:]]:.1f}" for k in PHASES if k[5:] in r["phases"]) or "-"
+        norm = f"{r['grad_norm']:.3g}" if r["grad_norm"] is not None else "-"
+        print(f"| {r['case']} | `{r['flags']}` | {measured} | {r['predicted_gib']} | {ratio} | {phases} | {norm} | "
+              f"{r['seconds']} s |")
     for r in rows:
         print(f"\n{r['case']}, --plan:\n{r['plan']}")
+    failed = [r["case"] for r in rows if "failed" in r or (r["grad_norm"] is not None and not r["grad_norm"] > 0)]
+    if failed:
+        sys.exit(f"error: {', '.join(failed)} did not train (failed, or a zero gradient)")
+
+
+def torch_device_name(device: str) -> str:
+    import torch
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"this CPU ({torch.get_num_threads()} threads)"
 
 
 if __name__ == "__main__":
