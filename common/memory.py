@@ -110,7 +110,8 @@ def grpo_components(config, device: torch.device, model=None) -> tuple[list[tupl
     ]
     weights, grads, state, copies, ref, kv, act, chunk, process, merged = (size for _, size in parts)
     held = weights + state + copies + ref + process
-    phases = {"loading": process + 2 * weights,           # the weights and the file they are read from
+    # loading: on a CPU the weights and the file they are read from; a GPU gets the loaded weights once
+    phases = {"loading": process + (2 if device.type == "cpu" else 1) * weights,
               "sampling": held + kv,
               "training": held + grads + act + chunk,
               "saving": held + merged}
@@ -127,8 +128,14 @@ def weight_bytes(n: dict, precision, lora: bool) -> float:
 def sampler_copies(n: dict, precision, device: torch.device, lora: bool) -> float:
     """Bytes of the lean decoder's copies (lm/decode.py): every layer's matrices and the output layer in
     the compute dtype, except single matrices already in it (o, down without adapters, the output
-    layer), which it reads in place; on a CPU float32 ones are copies (prepacked for oneDNN)."""
+    layer), which it reads in place; on a CPU float32 ones are copies (prepacked for oneDNN). Above
+    IN_PLACE_ABOVE bytes of layers in the compute dtype nothing is copied but LoRA's adapters."""
+    from lm.decode import IN_PLACE_ABOVE
     cb = precision.compute.itemsize
+    base = precision.compute if lora and precision.mixed else precision.weights   # lm.lora.attach
+    prepacked = device.type == "cpu" and precision.compute == torch.float32
+    if base == precision.compute and not prepacked and n["layers"] * cb > IN_PLACE_ABOVE:
+        return n["trainable"] * cb if lora else 0.0
     copies = (n["layers"] + n["head"]) * cb
     if precision.weights == precision.compute and not (device.type == "cpu" and precision.weights == torch.float32):
         copies -= (n["head"] + (0 if lora else n["single"])) * cb
@@ -161,7 +168,7 @@ def packed_components(config, device: torch.device, model=None, teacher=None) ->
         ("teacher (frozen) and its logits", teacher_bytes(teacher, tokens, cb) if teacher is not None else 0.0),
         ("process (interpreter, libraries)", PROCESS_CPU if device.type == "cpu" else 0.0)]
     weights, grads, state, act, chunk, teacher_part, process = (size for _, size in parts)
-    return parts, {"loading": process + 2 * weights + teacher_part,
+    return parts, {"loading": process + (2 if device.type == "cpu" else 1) * weights + teacher_part,
                    "training": weights + grads + state + act + chunk + teacher_part + process}
 
 

@@ -59,6 +59,7 @@ from lm.lora import merged_weight
 
 SUPPORTED = ("llama", "qwen2")
 COMPILE_ON_CUDA = True  # compile the layer's two halves on a GPU (see LeanDecoder.__init__)
+IN_PLACE_ABOVE = 2 ** 30  # bytes of layer weights above which the step reads them in place (see `Linear`)
 _optimizer_steps = 0  # optimizer steps taken in this process, by any optimizer
 
 
@@ -108,30 +109,42 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
-def plus_linear(h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """h + x W^T + b: the residual added inside the product (addmm: one kernel on a GPU) where W is plain."""
-    if weight.is_mkldnn:
-        return h + linear(x, weight, bias)
+def project(x: torch.Tensor, parts: list) -> torch.Tensor:
+    """x through a projection's parts (see `Linear`), their outputs side by side: each part x W^T + b,
+    plus (x A^T) B^T where it carries LoRA's adapters (B already scaled)."""
+    outs = []
+    for weight, bias, a, b in parts:
+        y = linear(x, weight, bias)
+        outs.append(y if a is None else torch.addmm(y, x @ a.t(), b.t()))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, -1)
+
+
+def plus_project(h: torch.Tensor, x: torch.Tensor, parts: list) -> torch.Tensor:
+    """h + x W^T + b (+ LoRA's part): the residual added inside the product (addmm: one kernel on a GPU)
+    where W is plain and single."""
+    (weight, bias, a, b), = parts
+    if weight.is_mkldnn or a is not None:
+        return h + project(x, parts)
     out = torch.addmm(h, x, weight.t())
     return out if bias is None else out + bias
 
 
-def attention_inputs(h, norm, w_qkv, b_qkv, cos, sin, eps: float, heads: int, kv_heads: int):
+def attention_inputs(h, norm, qkv, cos, sin, eps: float, heads: int, kv_heads: int):
     """The first half of a layer up to attention: h (n, H) -> q (n, Hkv, G, D) by their kv head and
     k, v (n, Hkv, 1, D), q and k rotated. `sin` has its first half negated (see `rotary_tables`)."""
     n, D = h.shape[0], cos.shape[-1]
-    x = linear(rms_norm(h, norm, eps), w_qkv, b_qkv)                               # (n, (Hq + 2 Hkv) D)
+    x = project(rms_norm(h, norm, eps), qkv)                                       # (n, (Hq + 2 Hkv) D)
     qk = x[:, :(heads + kv_heads) * D].view(n, heads + kv_heads, D)
     qk = torch.addcmul(qk * cos, qk.roll(D // 2, -1), sin)                        # q and k rotated at once
     q = qk[:, :heads].view(n, kv_heads, heads // kv_heads, D)
     return q, qk[:, heads:].view(n, kv_heads, 1, D), x[:, (heads + kv_heads) * D:].view(n, kv_heads, 1, D)
 
 
-def attention_out_and_mlp(h, out, w_o, b_o, norm, w_gate_up, b_gate_up, w_down, b_down, eps: float):
+def attention_out_and_mlp(h, out, o, norm, gate_up, down, eps: float):
     """The rest of a layer: h + attention output @ Wo, then h + (silu(g) * u) @ Wdown."""
-    h = plus_linear(h, out.reshape(h.shape[0], -1), w_o, b_o)
-    gate, up = linear(rms_norm(h, norm, eps), w_gate_up, b_gate_up).chunk(2, -1)
-    return plus_linear(h, F.silu(gate).mul_(up), w_down, b_down)
+    h = plus_project(h, out.reshape(h.shape[0], -1), o)
+    gate, up = project(rms_norm(h, norm, eps), gate_up).chunk(2, -1)
+    return plus_project(h, F.silu(gate).mul_(up), down)
 
 
 def rotary_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,41 +163,71 @@ def weight_of(layer) -> torch.Tensor:
     return layer.weight.detach()
 
 
-class Linear:
-    """The weights (W, b) of y = x W^T + b, W prepacked for oneDNN on a CPU (float32)."""
+def base_weight(layer) -> torch.Tensor:
+    """The weight a layer holds itself: LoRA's frozen base, or the plain layer's weight."""
+    return (layer.base_layer if hasattr(layer, "lora_A") else layer).weight
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int):
-        self.weight, self.bias, self.rows = weight, bias, rows
+
+def adapters_of(layer, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A layer's active LoRA adapters as one (A, s B) pair in `dtype` (several adapters stacked along the
+    rank), so that x W^T + (x A^T) (s B)^T is its forward; zeros when they are off or merged into W."""
+    if not hasattr(layer, "lora_A"):
+        return None
+    names = [name for name in layer.active_adapters if name in layer.lora_A]
+    a = torch.cat([layer.lora_A[name].weight.detach() for name in names]).to(dtype)
+    b = torch.cat([layer.lora_B[name].weight.detach() * layer.scaling[name] for name in names], 1).to(dtype)
+    return (a, b.zero_()) if layer.merged or layer.disable_adapters else (a, b)
+
+
+class Linear:
+    """One projection of the step, from one or more layers that read the same input, as `parts`
+    (weight, bias, A, B) for `project`. Either one part holding a copy of the layers' weights side by
+    side in the compute dtype (prepacked for oneDNN on a CPU; LoRA merged in: W + BA), or (`in_place`)
+    a part per layer that reads the layer's own weight where it lies, in the compute dtype already, with
+    LoRA's adapters as small copies (A, s B): no copy of the model. A single plain layer whose weight is
+    in the compute dtype is always read in place."""
+
+    def __init__(self, layers: tuple, rows: int, dtype: torch.dtype, in_place: bool):
+        self.layers, self.rows, self.dtype = layers, rows, dtype
+        own = all(base_weight(layer).dtype == dtype for layer in layers)
+        single = len(layers) == 1 and not hasattr(layers[0], "lora_A")
+        prepack = base_weight(layers[0]).device.type == "cpu" and dtype == torch.float32   # oneDNN's copy is faster
+        self.in_place = own and (in_place or single) and not prepack
+        if self.in_place:
+            self.parts = [[base_weight(layer).detach(), None if layer.bias is None else layer.bias.detach(),
+                           *(adapters_of(layer, dtype) or (None, None))] for layer in layers]
+            return
+        weight = torch.cat([weight_of(layer) for layer in layers]).to(dtype)
+        bias = None if layers[0].bias is None else torch.cat([layer.bias.detach() for layer in layers]).to(dtype)
         if weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available():
             try:
-                self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+                weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
             except (RuntimeError, AttributeError):  # a build without the op: stay with MKL
                 pass
+        self.parts = [[weight, bias, None, None]]
 
-    def refresh(self, *layers: torch.nn.Linear) -> None:
-        """The given layers' current weights, side by side: in place, or repacked on a CPU. Nothing to do
-        where the weight is the layer's own tensor (`fused`: one layer already in the compute dtype)."""
-        if len(layers) == 1 and not self.weight.is_mkldnn and self.weight.data_ptr() == layers[0].weight.data_ptr():
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.parts[0][0]
+
+    def refresh(self) -> None:
+        """The layers' current weights: in place (so a captured graph reads them), or repacked on a CPU.
+        Read in place, only LoRA's adapter copies are written."""
+        if self.in_place:
+            for part, layer in zip(self.parts, self.layers):
+                adapters = adapters_of(layer, self.dtype)
+                if adapters is not None:
+                    part[2].copy_(adapters[0])
+                    part[3].copy_(adapters[1])
             return
-        weight = torch.cat([weight_of(layer) for layer in layers])
-        if self.bias is not None:
-            self.bias.copy_(torch.cat([layer.bias.detach() for layer in layers]))
-        if self.weight.is_mkldnn:
-            self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, self.rows)
+        weight, bias, _, _ = self.parts[0]
+        new = torch.cat([weight_of(layer) for layer in self.layers])
+        if bias is not None:
+            bias.copy_(torch.cat([layer.bias.detach() for layer in self.layers]))
+        if weight.is_mkldnn:
+            self.parts[0][0] = torch.ops.mkldnn._reorder_linear_weight(new.to(self.dtype), self.rows)
         else:
-            self.weight.copy_(weight)
-
-
-def fused(*layers: torch.nn.Linear, rows: int, dtype: torch.dtype) -> Linear:
-    """One Linear computing the given layers' outputs side by side (they read the same input; in the
-    supported models they all have a bias or none has), with its weights in `dtype`. A single layer
-    whose weight is already in `dtype` (pure bfloat16 training, a float32 model on a GPU) and has no
-    adapter is not copied: the sampler reads the trainer's own tensor (the optimizer updates it in
-    place). On a CPU float32 weights are copied to be prepacked for oneDNN (see `Linear`)."""
-    weight = weight_of(layers[0]) if len(layers) == 1 else torch.cat([weight_of(layer) for layer in layers])
-    weight = weight.to(dtype)
-    bias = None if layers[0].bias is None else torch.cat([layer.bias.detach() for layer in layers]).to(dtype)
-    return Linear(weight, bias, rows)
+            weight.copy_(new)
 
 
 def compute_dtype(model) -> torch.dtype:
@@ -216,6 +259,9 @@ class LeanDecoder:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = config.rms_norm_eps
         self.layers = [dict(scale=layer.self_attn.scaling) for layer in self.body.layers]
+        # a large model is read where it lies instead of copied (see `Linear`), when it is in the compute dtype
+        layer_bytes = sum(p.numel() for p in self.body.layers.parameters()) * self.dtype.itemsize
+        self.in_place = layer_bytes > IN_PLACE_ABOVE
         self.top = {}  # the final norm and the output layer
         # On a GPU the two halves of a layer are compiled (torch.compile fuses their elementwise work into
         # a few kernels: a captured step costs what it launches); COMPILE_ON_CUDA = False turns it off
@@ -245,9 +291,9 @@ class LeanDecoder:
             home = self.layers[i] if i is not None else self.top
             if isinstance(source, tuple):
                 if name in home:
-                    home[name].refresh(*source)
+                    home[name].refresh()
                 else:
-                    home[name] = fused(*source, rows=self.rows, dtype=self.dtype)
+                    home[name] = Linear(source, self.rows, self.dtype, self.in_place)
             elif name in home:
                 home[name].copy_(source.weight)
             else:
@@ -279,17 +325,15 @@ class LeanDecoder:
         mask = torch.zeros((n, W), dtype=h.dtype, device=h.device).masked_fill_(~valid[:, :W], float("-inf"))
         mask = mask[:, None, None]                                                    # (n, 1, 1, W)
         for layer, keys, values in zip(self.layers, cache.keys, cache.values):
-            qkv, o, gate_up, down = layer["qkv"], layer["o"], layer["gate_up"], layer["down"]
-            q, k, v = self.first_half(h, layer["norm1"], qkv.weight, qkv.bias, cos, sin, self.eps, self.heads,
+            q, k, v = self.first_half(h, layer["norm1"], layer["qkv"].parts, cos, sin, self.eps, self.heads,
                                       self.kv_heads)
             keys[:n].index_copy_(2, column.view(1), k)
             values[:n].index_copy_(2, column.view(1), v)
             out = F.scaled_dot_product_attention(q, keys[:n, :, :W], values[:n, :, :W], attn_mask=mask,
                                                  scale=layer["scale"])                 # (n, Hkv, G, D)
-            h = self.second_half(h, out, o.weight, o.bias, layer["norm2"], gate_up.weight, gate_up.bias,
-                                 down.weight, down.bias, self.eps)
-        head = self.top["head"]
-        return linear(rms_norm(h, self.top["final_norm"], self.eps), head.weight, head.bias)   # (n, V)
+            h = self.second_half(h, out, layer["o"].parts, layer["norm2"], layer["gate_up"].parts,
+                                 layer["down"].parts, self.eps)
+        return project(rms_norm(h, self.top["final_norm"], self.eps), self.top["head"].parts)   # (n, V)
 
     def new_cache(self, rows: int, capacity: int) -> StaticCache:
         return StaticCache(len(self.layers), rows, self.kv_heads, capacity, self.head_dim, self.dtype,

@@ -90,7 +90,8 @@ def test_grpo_in_bfloat16_with_4bit_state_resumes_exactly(tmp_path):
     assert json.loads((tmp_path / "full" / "config.json").read_text())["optim"] == "adamw_torch_4bit"
 
 
-def test_plan_counts_each_component_by_hand_and_trains_nothing(tmp_path, capsys):
+def test_plan_counts_each_component_by_hand_and_trains_nothing(tmp_path, capsys, monkeypatch):
+    import dataclasses
     from common.memory import grpo_components
     from lm.loading import tiny_tokenizer
     import run
@@ -106,6 +107,16 @@ def test_plan_counts_each_component_by_hand_and_trains_nothing(tmp_path, capsys)
     assert parts["sampler's weight copies (torch.bfloat16)"] == 2 * 2 * (layer - 64 * 64 - 64 * 128)
     assert parts["KV cache, sampling 8 rows x 176 positions"] == 2 * 2 * 2 * 16 * (160 + 16) * 8 * 2
     assert parts["reference model (beta > 0)"] == 0
+    # a model above lm.decode.IN_PLACE_ABOVE (0 here) on a GPU: the sampler copies nothing but LoRA's adapters
+    # (rank 4 on every linear layer of the 2 layers: r (in + out) each), and the GPU receives the weights once
+    import lm.decode
+    monkeypatch.setattr(lm.decode, "IN_PLACE_ABOVE", 0)
+    parts, phases = grpo_components(config, torch.device("cuda"))
+    assert parts[3] == ("sampler's weight copies (torch.bfloat16)", 0) and phases["loading"] == 2 * n
+    lora_config = dataclasses.replace(config, use_peft=True, lora_r=4, optim="adamw_torch")
+    adapters = 2 * 4 * ((64 + 64) + 2 * (64 + 32) + (64 + 64) + 2 * (64 + 128) + (128 + 64))
+    assert dict(grpo_components(lora_config, torch.device("cuda"))[0])[
+        "sampler's weight copies (torch.bfloat16)"] == 2 * adapters
     assert run.main(["grpo", "--model", "tiny", "--plan", "--output-dir", str(tmp_path / "never")]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("predicted peak: ") and out[-1].endswith(" GiB") and "gradients" in "\n".join(out)
