@@ -12,6 +12,11 @@ step for N = 8 where reading its 538 MB of float32 weights takes ~18 ms, for two
 the same input (q|k|v and gate|up), prepacked for oneDNN on a CPU, and `step()` runs the layer in
 a few ops (q and k rotated at once, residuals added inside the products): about 50 ms per sampler
 step here against 97 ms through the model's forward, 1.9x faster (`bench/grpo_step.py`).
+Copies cost memory (2 bytes a parameter in bfloat16: 14 GiB for a 7B model), so a model whose layers
+hold more than IN_PLACE_ABOVE bytes (1 GiB) in the compute dtype is not copied: every matrix is read
+where the trainer keeps it (q, k, v and gate, up as separate products, whose outputs are put side by
+side), and LoRA's adapters are added as (x A^T)(s B)^T from copies of A and s B, a few MB, instead of a
+merged W + s BA (`Linear`). A float32 model on a CPU is always copied, prepacked for oneDNN.
 
 On a GPU the cost is the launches, not the bytes: an H200 reads this model's bfloat16 weights in
 ~0.06 ms, but each kernel costs ~3 us even replayed from a CUDA graph, so a step costs what it
