@@ -113,7 +113,8 @@ def grpo_components(config, device: torch.device, model=None) -> tuple[list[tupl
     # loading: on a CPU the weights and the file they are read from; a GPU gets the loaded weights once
     phases = {"loading": process + (2 if device.type == "cpu" else 1) * weights,
               "sampling": held + kv,
-              "training": held + grads + act + chunk,
+              # a GPU keeps the sampler's rollout (its CUDA graphs read the cache by address) through training
+              "training": held + grads + act + chunk + (kv if device.type == "cuda" else 0.0),
               "saving": held + merged}
     return parts, phases
 

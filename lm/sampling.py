@@ -184,12 +184,16 @@ def static_decode(decoder, cache, prompt_mask, positions, first, first_logp, key
                   drop_finished, graphs) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, T) ids and log-probs from the lean step over a static cache (lm/rollout.py). With graphs,
     the rollout (and its captured graphs) is kept for the next call of the same shape, its cache
-    rounded up to 256 columns so that prompts of other lengths reuse it."""
+    rounded up to 256 columns so that prompts of other lengths reuse it; one rollout a model: a call
+    of another shape (an evaluation between training steps) frees the kept one and its cache first."""
     N, P = len(keys), prompt_mask.shape[1]
     capacity = -(-(P + T) // 256) * 256 if graphs else P + T
     if graphs:
         kept = _rollouts.setdefault(decoder, {})
         fits = [r for (n, t, c), r in kept.items() if n == N and t == T and c >= P + T]
+        if not fits:
+            kept.clear()
+            torch.cuda.empty_cache()  # the old cache's memory back before the new one is allocated
         rollout = fits[0] if fits else kept.setdefault((N, T, capacity), Rollout(decoder, N, T, capacity, True))
     else:
         rollout = Rollout(decoder, N, T, capacity, False)

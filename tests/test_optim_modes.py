@@ -113,6 +113,8 @@ def test_plan_counts_each_component_by_hand_and_trains_nothing(tmp_path, capsys,
     monkeypatch.setattr(lm.decode, "IN_PLACE_ABOVE", 0)
     parts, phases = grpo_components(config, torch.device("cuda"))
     assert parts[3] == ("sampler's weight copies (torch.bfloat16)", 0) and phases["loading"] == 2 * n
+    # training holds the sampler's KV cache too there: its CUDA graphs keep the rollout (process: 0 on a GPU)
+    assert phases["training"] == sum(size for name, size in parts if not name.startswith("a layer merged"))
     lora_config = dataclasses.replace(config, use_peft=True, lora_r=4, optim="adamw_torch")
     adapters = 2 * 4 * ((64 + 64) + 2 * (64 + 32) + (64 + 64) + 2 * (64 + 128) + (128 + 64))
     assert dict(grpo_components(lora_config, torch.device("cuda"))[0])[

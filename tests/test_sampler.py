@@ -175,6 +175,12 @@ def test_cuda_graph_decoding_equals_eager_decoding(tok, dtype, length_bucket, mo
     assert torch.equal(eager.completion_ids, graphed.completion_ids)
     assert torch.equal(graphed.completion_ids, again.completion_ids)
     assert torch.allclose(eager.sampler_logp, graphed.sampler_logp, atol=1e-3)
+    # one kept rollout a model: another shape (an evaluation) replaces it, and the first shape comes back right
+    kept = lambda: list(lm.sampling._rollouts[lm.sampling.lean_decoder(model)])
+    assert len(kept()) == 1
+    other = sample(model, prompts[:1], **{**kw, "group_size": 2, "keys": [1]})
+    assert len(kept()) == 1 and kept()[0][0] == 2 and len(other.completion_ids) == 2
+    assert torch.equal(sample(model, prompts, cuda_graphs=True, **kw).completion_ids, eager.completion_ids)
 
 
 @cuda
