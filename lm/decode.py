@@ -196,7 +196,8 @@ class Linear:
         self.layers, self.rows, self.dtype = layers, rows, dtype
         own = all(base_weight(layer).dtype == dtype for layer in layers)
         single = len(layers) == 1 and not hasattr(layers[0], "lora_A")
-        prepack = base_weight(layers[0]).device.type == "cpu" and dtype == torch.float32   # oneDNN's copy is faster
+        prepack = (base_weight(layers[0]).device.type == "cpu" and dtype == torch.float32   # oneDNN's copy is faster
+                   and torch.backends.mkldnn.is_available())
         self.in_place = own and (in_place or single) and not prepack
         if self.in_place:
             self.parts = [[base_weight(layer).detach(), None if layer.bias is None else layer.bias.detach(),
@@ -204,7 +205,7 @@ class Linear:
             return
         weight = torch.cat([weight_of(layer) for layer in layers]).to(dtype)
         bias = None if layers[0].bias is None else torch.cat([layer.bias.detach() for layer in layers]).to(dtype)
-        if weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        if prepack:
             try:
                 weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
             except (RuntimeError, AttributeError):  # a build without the op: stay with MKL
