@@ -11,9 +11,13 @@
     6 sft2         SFT stage 2 on the kept answers plus as many cold-start rows, from the GRPO model
                    (rejection-sampling fine-tuning; `--sft2-from base` starts it from the base model, as
                    the R1 paper does)
-    7 distill      logit distillation of the stage-6 model into a student with two thirds of its layers
-                   (chosen greedily, distill/student.py), and the same student trained by SFT alone on
-                   the same data for the same minutes: the twin it must beat
+    7 distill      distillation of the stage-6 model, as the R1 paper distilled: the teacher answers new
+                   training prompts (the best right and well-formatted of 2 at T=1 kept), and the student
+                   (the base model; `--distill-student greedy:20` cuts one from the teacher) is trained by
+                   SFT on those answers (sequence-level distillation, the stage's model); the same student
+                   trained on the same answers for the same steps by logit distillation (the teacher's
+                   distributions, forward KL at T=1) is its comparison (7-logit-kd): on this CPU the
+                   teacher's distributions lost to its answers alone (docs/distillation.md)
     8 eval         every stage's model on the same held-out level-3 problems, sampled at the training
                    temperature, each trained stage compared, paired, with the model it must beat
                    -> report.md (recipe/report.py)
@@ -55,6 +59,8 @@ class PipelineConfig:
     quick: bool = arg(False, "a couple of steps per stage: checks the plumbing in minutes")
     resume: bool = arg(False, "skip the stages whose stage.json exists")
     rejection_min_score: float = arg(2.0, "lowest accuracy + format score a rejection-sampled answer may have")
+    distill_student: str = arg("base", "stage 7's student: base (the base model: the teacher's size, not compression) "
+                                       "or teacher layers to keep (greedy:20, a count, or a list)")
     sft2_from: str = arg("grpo", "where SFT 2 starts: grpo (the model whose answers it learns, lr 2e-5) or base "
                                  "(the R1 paper's choice, lr 1e-4 as SFT 1)")
     eval_problems: int = arg(300, "held-out problems (GRPO's level, test split) for the final table")
@@ -70,18 +76,17 @@ class PipelineConfig:
 def sizes(quick: bool) -> dict:
     if quick:
         return dict(zero_minutes=0, zero_steps=1, zero_tokens=24, worked=12, prompted=2, sft_steps=2, sft2_steps=2,
-                    grpo_steps=1, grpo_minutes=0, group=4, prompts=2, rejection_prompts=4, distill_minutes=0,
-                    distill_steps=2, student_layers="1", eval_problems=4, tokens=24, max_length=1400, accumulation=1)
+                    grpo_steps=1, grpo_minutes=0, group=4, prompts=2, rejection_prompts=4, distill_prompts=4,
+                    distill_steps=2, eval_problems=4, tokens=24, max_length=1400, accumulation=1)
     # minutes bound the sampling stages (steps are an upper bound); SFT 1 is the 80-step cold start of
     # `make demo`, the length at which GRPO finds signal at level 3 (docs/results.md). SFT 2, from the GRPO model,
     # takes half that (vs SFT 1: +0.092 at 40 steps, session 11; +0.128 at 80, session 10), and
-    # distillation 6 minutes a student (its target is out of reach on this CPU at any size that fits):
-    # the minutes go to 300 held-out problems instead of 200, which narrow the paired intervals
-    # (docs/pipeline-example)
+    # distillation: the teacher's answers to 400 new prompts (about a third kept), 60 steps a student, the
+    # budget at which SFT on a cold-start teacher's 141 kept answers reached the teacher (docs/distillation.md);
+    # 300 held-out problems narrow the paired intervals (docs/pipeline-example)
     return dict(zero_minutes=4, zero_steps=100, zero_tokens=96, worked=1000, prompted=16, sft_steps=80, sft2_steps=40,
-                grpo_steps=500, grpo_minutes=12, group=8, prompts=8, rejection_prompts=300, distill_minutes=6,
-                distill_steps=1000, student_layers="greedy:20", eval_problems=None, tokens=128, max_length=512,
-                accumulation=4)
+                grpo_steps=500, grpo_minutes=12, group=8, prompts=8, rejection_prompts=300, distill_prompts=400,
+                distill_steps=60, eval_problems=None, tokens=128, max_length=512, accumulation=4)
 
 
 def main(config: PipelineConfig) -> dict:
@@ -161,33 +166,46 @@ def main(config: PipelineConfig) -> dict:
         return {"model": stage_json("4-grpo2")["model"], "data": str(folder / "sft2_data.jsonl"),
                 "kept": summary["kept"], "prompts": summary["prompts"]}
 
-    def distill(folder):  # the student, then its SFT-only twin: same layers, data, steps' size and minutes
-        def run(run_folder, layers, **loss):
+    def distill(folder):  # the teacher's answers, then the student by SFT on them and by logit distillation
+        teacher = stage_json("6-sft2")["model"]
+        answers = folder / "teacher-answers"
+        summary = sample_main(SampleConfig(model=teacher, dataset="arithmetic:3", num_prompts=n["distill_prompts"],
+                                           num_samples=2, temperature=1.0, keep="best",
+                                           min_score=config.rejection_min_score, max_new_tokens=n["tokens"],
+                                           batch_size=50, output_dir=str(answers), seed=config.seed + 1))
+        if summary["kept"] == 0:  # other prompts than stage 5's (seed + 1), none of the held-out ones
+            raise RuntimeError(f"the teacher answered none of {summary['prompts']} prompts with a score >= "
+                               f"{config.rejection_min_score}; lower --rejection-min-score")
+        base = config.distill_student == "base"
+
+        def run(run_folder, layers, **loss):  # the same student, rows and steps for both
             start = time.perf_counter()
-            distill_main(DistillConfig(teacher=stage_json("6-sft2")["model"], dataset=stage_json("5-rejection")["data"],
-                                       student_from_teacher_layers=layers, max_steps=n["distill_steps"],
-                                       max_minutes=n["distill_minutes"], save_every=n["distill_steps"],
+            distill_main(DistillConfig(teacher=teacher, dataset=str(answers / "kept.jsonl"),
+                                       student=config.model if base else "",
+                                       student_from_teacher_layers="" if base else layers,
+                                       max_steps=n["distill_steps"], save_every=n["distill_steps"],
                                        eval_every=-1, lr_scheduler="constant", warmup_ratio=0.02,
                                        max_length=n["max_length"], gradient_accumulation_steps=n["accumulation"],
                                        output_dir=str(run_folder), **loss, **common, **fresh))
             return {"model": str(ckpt.latest_checkpoint(run_folder)), "tokens": tokens_trained(run_folder),
                     "seconds": time.perf_counter() - start}
 
-        student = run(folder, n["student_layers"], alpha=1.0, temperature=1.0)
-        layers = json.loads((folder / "student.json").read_text())["layers"]
-        # the twin gets the student's layers as a list ("3," is the list of one layer, "3" a count)
-        twin = run(out / "7-sft-only-twin", "".join(f"{i}," for i in layers), alpha=0.0)
+        student = run(folder, config.distill_student, alpha=0.0)   # sequence-level: the answers alone
+        layers = [] if base else json.loads((folder / "student.json").read_text())["layers"]
+        # the same student by the teacher's distributions (its layers as a list: "3," one layer, "3" a count)
+        logit = run(out / "7-logit-kd", "".join(f"{i}," for i in layers), alpha=1.0, temperature=1.0)
         return {"model": student["model"], "tokens": student["tokens"], "student_seconds": student["seconds"],
-                "layers": layers, "twin": twin}
+                "student": config.model if base else "teacher layers", "layers": layers, "kept": summary["kept"],
+                "prompts": summary["prompts"], "logit_kd": logit}
 
     def evaluation(folder):
         rows = load_math("arithmetic:3", "test", n["eval_problems"] or config.eval_problems, seed=config.seed)
         done = {name: stage_json(name) for name in STAGE_NAMES[:-1]}
-        # the table's rows: the student's own run (its layer choice included) and its twin's
+        # the table's rows: the student by sequence-level distillation (the stage's model) and by logit distillation
         stages = {**done, "7-distill": {**done["7-distill"], "seconds": done["7-distill"]["student_seconds"]},
-                  "7-sft-only-twin": done["7-distill"]["twin"]}
+                  "7-logit-kd": done["7-distill"]["logit_kd"]}
         models = [("0-base", config.model)] + [(name, stages[name]["model"]) for name in
-                                               ("1-r1-zero", "3-sft1", "4-grpo2", "6-sft2", "7-distill", "7-sft-only-twin")]
+                                               ("1-r1-zero", "3-sft1", "4-grpo2", "6-sft2", "7-distill", "7-logit-kd")]
         runs = [{"name": "T=1", "samples": config.eval_samples if not config.quick else 1, "temperature": 1.0}]
         if config.greedy_column:
             runs.append({"name": "greedy", "samples": 1, "temperature": 0.0})

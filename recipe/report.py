@@ -32,7 +32,8 @@ def stage_comparisons(stages: dict) -> list[tuple[str, str, str]]:
             ("6-sft2", "3-sft1", sft2),
             ("6-sft2", "4-grpo2", "SFT 2 vs the GRPO model " + ("it started from, " if from_grpo else "")
              + "whose answers it learned"),
-            ("7-distill", "7-sft-only-twin", "distilled student vs the same student trained by SFT alone")]
+            ("7-logit-kd", "7-distill", "logit distillation (the teacher's distributions) vs sequence-level "
+                                        "distillation (its answers alone): the same student, answers and steps")]
 
 
 def tokens_trained(folder: Path) -> int:
@@ -143,10 +144,14 @@ def write_report(out: Path, folder: Path, models: list[tuple[str, str]], stages:
                          f"{c['gained']} / {c['lost']} | {c['p_sign_test']:.3g}")
         lines.append(f"| {what} | " + " | ".join(cells) + " |")
     teacher, student = results["6-sft2"][main_run]["accuracy"], results["7-distill"][main_run]["accuracy"]
-    layers = stages.get("7-distill", {}).get("layers", [])
-    lines += ["", f"The student keeps {len(layers)} of the teacher's layers ({layers}) and "
-                  f"{student / teacher if teacher else 0:.0%} of its accuracy ({student:.3f} of {teacher:.3f}, "
-                  f"{main_run})." if layers else ""]
+    distilled = stages.get("7-distill", {})
+    layers, share = distilled.get("layers", []), f"{student / teacher if teacher else 0:.0%}"
+    who = (f"The student keeps {len(layers)} of the teacher's layers ({layers})" if layers else
+           f"The student is the base model ({distilled.get('student', '?')}), the teacher's own size: this stage is "
+           "not compression but what the teacher's answers teach a model that never saw the recipe")
+    lines += ["", f"{who}; trained by SFT on the teacher's answers to {distilled.get('kept', '?')} of "
+                  f"{distilled.get('prompts', '?')} new prompts (the best right and well-formatted of 2 at T=1), "
+                  f"it reaches {share} of the teacher's accuracy ({student:.3f} of {teacher:.3f}, {main_run})."]
     if "kept" in stages.get("5-rejection", {}):
         lines += ["", f"Rejection sampling kept the best answer of {stages['5-rejection']['kept']} of "
                       f"{stages['5-rejection'].get('prompts', '?')} GRPO prompts (4 samples each at T=1; kept: right "

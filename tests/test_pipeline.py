@@ -9,6 +9,7 @@ from conftest import ROOT
 from recipe.coldstart import refine, verdict
 from recipe.pipeline import PipelineConfig
 from recipe.report import evaluate_all, stage_comparisons, weights_stamp
+from tasks import load_math
 
 STAGES = ["1-r1-zero", "2-cold-start", "3-sft1", "4-grpo2", "5-rejection", "6-sft2", "7-distill", "8-eval"]
 
@@ -29,7 +30,7 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
         assert row in report
     counts = json.loads((tmp_path / "2-cold-start" / "counts.json").read_text())
     assert counts["worked"]["kept"] == 12          # the built-in worked solutions all pass the filters
-    # stage 3 trained on stage 2's file; stage 7's student has half of stage 6's teacher's layers
+    # stage 3 trained on stage 2's file; stage 7's teacher is stage 6's model
     assert json.loads((tmp_path / "3-sft1" / "config.json").read_text())["dataset"].endswith("cold_start.jsonl")
     assert json.loads((tmp_path / "7-distill" / "config.json").read_text())["teacher"].startswith(str(tmp_path / "6-sft2"))
     # the GRPO stage resamples groups without signal (DAPO's dynamic sampling), as docs/results.md's pipeline row says
@@ -39,28 +40,36 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     grpo_model = json.loads((tmp_path / "4-grpo2" / "stage.json").read_text())["model"]
     assert sft2["model"] == grpo_model and sft2["learning_rate"] == 2e-5
     assert sft2["dataset"].endswith("sft2_data.jsonl")
-    # the SFT-only twin: the student's layers, the same data, alpha 0
-    twin = json.loads((tmp_path / "7-sft-only-twin" / "config.json").read_text())
+    # stage 7: the teacher's kept answers to new prompts (not stage 5's, none held out); the base model learns
+    # them by SFT (sequence-level distillation, the stage's model) and by logit distillation, same rows and steps
     student = json.loads((tmp_path / "7-distill" / "config.json").read_text())
-    assert twin["alpha"] == 0 and student["alpha"] == 1 and twin["dataset"] == student["dataset"]
-    assert twin["student_from_teacher_layers"] == "0," and json.loads(
-        (tmp_path / "7-distill" / "student.json").read_text())["layers"] == [0]
+    logit = json.loads((tmp_path / "7-logit-kd" / "config.json").read_text())
+    answers = tmp_path / "7-distill" / "teacher-answers"
+    assert student["dataset"] == logit["dataset"] == str(answers / "kept.jsonl")
+    assert student["alpha"] == 0 and logit["alpha"] == 1 and student["student"] == logit["student"] == "tiny"
+    assert student["max_steps"] == logit["max_steps"] == 2
+    asked = {json.loads(line)["problem"] for line in (answers / "samples.jsonl").read_text().splitlines()}
+    stage5 = {json.loads(line)["problem"]
+              for line in (tmp_path / "5-rejection" / "samples.jsonl").read_text().splitlines()}
+    held_out = {r["problem"] for r in load_math("arithmetic:3", "test", 300)}
+    assert len(asked) == 4 and not asked & stage5 and not asked & held_out
     # every comparison the report promises, paired on the same problems, with the numbers it printed
     results = json.loads((tmp_path / "8-eval" / "results.json").read_text())
     assert sorted(results["comparisons"]) == sorted(f"{a} vs {b}, T=1" for a, b in [
         ("1-r1-zero", "0-base"), ("4-grpo2", "3-sft1"), ("6-sft2", "3-sft1"), ("6-sft2", "4-grpo2"),
-        ("7-distill", "7-sft-only-twin")])
+        ("7-logit-kd", "7-distill")])
     for name, c in results["comparisons"].items():
         trained, baseline = name.split(", ")[0].split(" vs ")
         per = results["models"]
         diff = [b - a for a, b in zip(per[baseline]["T=1"]["per_problem"], per[trained]["T=1"]["per_problem"])]
         assert c["diff"] == pytest.approx(sum(diff) / len(diff)) and c["gained"] == sum(d > 0 for d in diff)
-    assert "What each stage bought" in report and "| 7-sft-only-twin |" in report and "## R1-Zero" in report
+    assert "What each stage bought" in report and "| 7-logit-kd |" in report and "## R1-Zero" in report
+    assert "The student is the base model (tiny), the teacher's own size: this stage is not compression" in report
     assert "| SFT 2 (rejection-sampled data, from the GRPO model) vs SFT 1 (cold start) |" in report
     assert "| reward/tag_count |" in report
 
     # an unfinished training stage (its checkpoints there, no stage.json) is re-run afresh in its folder;
-    # the evaluation measures again only the models whose weights changed (the student and its twin)
+    # the evaluation measures again only the models whose weights changed (the two students)
     (tmp_path / "7-distill" / "stage.json").unlink()
     (tmp_path / "8-eval" / "stage.json").unlink()
     again = pipeline(tmp_path, "--resume")
