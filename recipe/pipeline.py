@@ -26,7 +26,7 @@ Every stage writes into its own folder under --output-dir and a `stage.json` whe
 `--resume` skips the stages that have one. A failing stage stops the pipeline with its name.
 `--quick` runs every stage for a couple of steps (what the test calls). The default sizes fit in 90
 minutes on a 2-core CPU, evaluation included (82.5 measured with the earlier stage 7, docs/pipeline-example;
-the present one, a 30-layer student for 60 steps twice plus the teacher's answers, is estimated at ~95).
+the present one, the teacher's answers plus a 30-layer student for 60 steps twice, is estimated at 85-90).
 """
 import json
 import time
