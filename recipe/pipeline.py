@@ -17,7 +17,7 @@
                    SFT on those answers (sequence-level distillation, the stage's model); the same student
                    trained on the same answers for the same steps by logit distillation (the teacher's
                    distributions, forward KL at T=1) is its comparison (7-logit-kd): on this CPU the
-                   teacher's distributions lost to its answers alone (docs/distillation.md)
+                   teacher's distributions never beat its answers alone (docs/distillation.md)
     8 eval         every stage's model on the same held-out level-3 problems, sampled at the training
                    temperature, each trained stage compared, paired, with the model it must beat
                    -> report.md (recipe/report.py)
