@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+import lm.decode
 import lm.rollout
 import lm.sampling
 from common.optim import make_optimizer
@@ -164,8 +165,11 @@ def test_bucket_changes_pad_with_finished_rows_and_change_no_token(tok, monkeypa
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("length_bucket", [512, 8])  # 8: a graph per 8 columns, the window grows as it decodes
-def test_cuda_graph_decoding_equals_eager_decoding(tok, dtype, length_bucket, monkeypatch):
+@pytest.mark.parametrize("in_place", [False, True])   # True: weights read where they lie (a large model's way)
+def test_cuda_graph_decoding_equals_eager_decoding(tok, dtype, length_bucket, in_place, monkeypatch):
     monkeypatch.setattr(lm.rollout, "LENGTH_BUCKET", length_bucket)
+    if in_place:
+        monkeypatch.setattr(lm.decode, "IN_PLACE_ABOVE", 0)
     model = sharp(tok).to("cuda", dtype)
     prompts = [encode_prompt(tok, "2+2?"), encode_prompt(tok, "What is 17 * 23 - 5?"), encode_prompt(tok, "hi")]
     kw = dict(group_size=4, max_new_tokens=24, temperature=1.0, eos_token_id=tok.eos_token_id, keys=[1, 2, 3])
