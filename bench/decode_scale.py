@@ -33,7 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lm.rollout  # noqa: E402
-from bench.memory import SHAPES  # noqa: E402
+from bench.memory import SHAPES, qwen_config  # noqa: E402
+from common.runlog import phase_clock  # noqa: E402
 from lm.loading import builtin_model_dir  # noqa: E402
 from lm.sampling import refresh_sampler, sample  # noqa: E402
 
@@ -64,18 +65,13 @@ def measured_bandwidth(device: torch.device) -> float:
 
 
 def now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
+    return phase_clock(device)()
 
 
 def make_model(shape: str, device: torch.device, dtype: torch.dtype):
-    from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config
-    if shape == "135m":  # the built-in model's own config (SmolLM2-135M: Llama)
-        config = AutoConfig.from_pretrained(builtin_model_dir())
-    else:
-        config = Qwen2Config(**{"vocab_size": 151936, "rope_theta": 1e6, "rms_norm_eps": 1e-6,
-                                "max_position_embeddings": 32768, "tie_word_embeddings": True, **SHAPES[shape]})
+    from transformers import AutoConfig, AutoModelForCausalLM
+    # the built-in model's own config (SmolLM2-135M: Llama), or Qwen2.5's of the shape
+    config = AutoConfig.from_pretrained(builtin_model_dir()) if shape == "135m" else qwen_config(shape)
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)

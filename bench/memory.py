@@ -63,6 +63,13 @@ print("PEAK", json.dumps({"rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru
 """
 
 
+def qwen_config(shape: str, **extra):
+    """Qwen2.5's config fields with the dimensions of `shape` (bench/decode_scale.py builds from it too)."""
+    from transformers import Qwen2Config
+    return Qwen2Config(**{"vocab_size": 151936, "max_position_embeddings": 32768, "rope_theta": 1e6,
+                          "rms_norm_eps": 1e-6, "tie_word_embeddings": True, **SHAPES[shape], **extra})
+
+
 def model_folder(shape: str, cache: Path, device: str = "cpu", weights: bool = True) -> Path:
     """A Qwen2-architecture model of `shape` with random bfloat16 weights, initialised on `device` as
     transformers does (std 0.02), written once with the built-in tokenizer (only its config and
@@ -71,12 +78,10 @@ def model_folder(shape: str, cache: Path, device: str = "cpu", weights: bool = T
     if (folder / "config.json").exists():
         return folder
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from lm.loading import builtin_model_dir
     tokenizer = AutoTokenizer.from_pretrained(builtin_model_dir())  # its config and tokenizer are all it needs
-    config = Qwen2Config(**{"vocab_size": 151936, "max_position_embeddings": 32768, "rope_theta": 1e6,
-                            "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "bos_token_id": tokenizer.bos_token_id,
-                            "eos_token_id": tokenizer.eos_token_id, **SHAPES[shape]})
+    config = qwen_config(shape, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     tmp = folder.with_name(folder.name + ".tmp")
     start = time.perf_counter()
     if weights:
