@@ -101,6 +101,9 @@ def model_folder(shape: str, cache: Path, device: str = "cpu", weights: bool = T
     return folder
 
 
+PHASES = ("time_sampling", "time_logprobs", "time_backward", "time_optimizer")
+
+
 def grpo_flags(model: Path, device: str, args, extra: list[str], out: Path) -> list[str]:
     return ["grpo", "--model", str(model), "--device", device, "--prompts-per-step", str(args.prompts),
             "--group-size", str(args.group_size), "--max-completion-length", str(args.tokens), "--max-steps", "1",
@@ -143,9 +146,6 @@ def run_case(name: str, args, plan_only: bool = False) -> dict:
                step_peak_gib=last["peak_memory_gib"], grad_norm=last["grad_norm"], reward=last["reward"],
                phases={k[5:]: last[k] for k in PHASES if k in last})
     return row
-
-
-PHASES = ("time_sampling", "time_logprobs", "time_backward", "time_optimizer")
 
 
 def main():

@@ -189,9 +189,9 @@ def update(run: Run, step: int, s, adv: torch.Tensor, mask: torch.Tensor) -> dic
     if lora.has_dropout(model):
         with torch.no_grad(), lora.dropout_off(model):
             plain_logp = [logps_of(model, idx)[0] for idx in micro]
-    # the whole step's denominator on every rank: the ranks' losses add up to the full-batch loss
     t_logprobs = clock()
     mark, backward, optimizer = t_logprobs, 0.0, 0.0   # seconds in the policy's passes and in the optimizer
+    # the whole step's denominator on every rank: the ranks' losses add up to the full-batch loss
     normalizer = {"grpo": N_all, "dr_grpo": N_all * config.max_completion_length,
                   "dapo": max(1.0, dist.all_sum(mask.sum().item()))}[config.loss_type]
     mismatch = {"sampler_logp_gap": 0.0, "sampler_kl": 0.0}
