@@ -131,14 +131,14 @@ def sampler_copies(n: dict, precision, device: torch.device, lora: bool) -> floa
     the compute dtype, except single matrices already in it (o, down without adapters, the output
     layer), which it reads in place; on a CPU float32 ones are copies (prepacked for oneDNN). Above
     IN_PLACE_ABOVE bytes of layers in the compute dtype nothing is copied but LoRA's adapters."""
-    from lm.decode import IN_PLACE_ABOVE
+    from lm.decode import IN_PLACE_ABOVE, prepacked
     cb = precision.compute.itemsize
     base = precision.compute if lora and precision.mixed else precision.weights   # lm.lora.attach
-    prepacked = device.type == "cpu" and precision.compute == torch.float32
-    if base == precision.compute and not prepacked and n["layers"] * cb > IN_PLACE_ABOVE:
+    copied = prepacked(device.type, precision.compute)
+    if base == precision.compute and not copied and n["layers"] * cb > IN_PLACE_ABOVE:
         return n["trainable"] * cb if lora else 0.0
     copies = (n["layers"] + n["head"]) * cb
-    if precision.weights == precision.compute and not (device.type == "cpu" and precision.weights == torch.float32):
+    if precision.weights == precision.compute and not copied:
         copies -= (n["head"] + (0 if lora else n["single"])) * cb
     return copies
 

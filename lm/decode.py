@@ -184,6 +184,11 @@ def adapters_of(layer, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] 
     return (a, b.zero_()) if layer.merged or layer.disable_adapters else (a, b)
 
 
+def prepacked(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether the sampler copies matrices to prepack them for oneDNN (float32 on a CPU: faster there)."""
+    return device_type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available()
+
+
 class Linear:
     """One projection of the step, from one or more layers that read the same input, as `parts`
     (weight, bias, A, B) for `project`. Either one part holding a copy of the layers' weights side by
@@ -196,8 +201,7 @@ class Linear:
         self.layers, self.rows, self.dtype = layers, rows, dtype
         own = all(base_weight(layer).dtype == dtype for layer in layers)
         single = len(layers) == 1 and not hasattr(layers[0], "lora_A")
-        prepack = (base_weight(layers[0]).device.type == "cpu" and dtype == torch.float32   # oneDNN's copy is faster
-                   and torch.backends.mkldnn.is_available())
+        prepack = prepacked(base_weight(layers[0]).device.type, dtype)
         self.in_place = own and (in_place or single) and not prepack
         if self.in_place:
             self.parts = [[base_weight(layer).detach(), None if layer.bias is None else layer.bias.detach(),
