@@ -9,7 +9,8 @@
 #                                       this machine's .venv for the wheels (under 5 minutes for all groups)
 #
 # Groups (default: today):
-#   today     the CUDA tests; the GRPO step by phase, the decoding step and TRL 1.16's GRPOTrainer on the
+#   today     the CUDA tests (--offload-optimizer, --offload-reference and --activation-offload among
+#             them); the GRPO step by phase, the decoding step and TRL 1.16's GRPOTrainer on the
 #             built-in model's shape (random weights) and the Qwen2.5-0.5B shape (bench/grpo_step.py);
 #             torchrun with NCCL, plain and --fsdp
 #   memory    run.py grpo at full size (bench/memory.py, models made on the GPU): Qwen2.5-7B-shaped full
@@ -86,6 +87,8 @@ for group in "${GROUPS_[@]}"; do
     part "CUDA tests (sampler, decoding, precision, log-probs, GRPO math)" 150 \
         "$PY" -m pytest -q -rfEs --tb=short -p no:cacheprovider $(pick "" "--collect-only") tests/test_sampler.py \
         tests/test_decode.py tests/test_sampling.py tests/test_precision.py tests/test_logprobs.py tests/test_grpo_math.py
+    part "CUDA tests of the offloads (optimizer, reference, activations: the same updates, resumed)" 120 \
+        "$PY" -m pytest -q -rfEs --tb=short -p no:cacheprovider $(pick "" "--collect-only") tests/test_grpo_loop.py -k on_a_gpu
     # shellcheck disable=SC2207
     bench=("$PY" bench/grpo_step.py --device $DEV --model "$SMALL" --random-weights $(pick "--steps 3" "--steps 1 --new-tokens 8"))
     # the dry run leaves out TRL (its own environment) and the 0.5B shape's 8 x 8 x 512 step (minutes on 2 cores)

@@ -30,12 +30,13 @@ class _Parser(HfArgumentParser):
 
 
 # What a resumed run may change: how long it runs, how it saves, logs and is evaluated, where it runs,
-# and how a step is computed without changing what it computes (sharding, activation checkpointing,
-# GRPO's micro-batches and log-prob chunks: the same update to float rounding). Anything else (model,
-# data, group size, loss, rewards, dtype, optimizer...) would make it another run.
+# and how a step is computed without changing what it computes (sharding, activation checkpointing and
+# offloading, GRPO's micro-batches and log-prob chunks: the same update to float rounding). Anything else
+# (model, data, group size, loss, rewards, dtype, optimizer...) would make it another run.
 RESUME_MAY_CHANGE = {"max_steps", "max_minutes", "save_every", "keep_checkpoints", "log_samples", "report_to",
                      "eval_every", "eval_problems", "eval_dataset", "device", "resume", "overwrite",
-                     "fsdp", "gradient_checkpointing", "micro_batch_size", "logprob_chunk_size", "plan"}
+                     "fsdp", "gradient_checkpointing", "activation_offload", "micro_batch_size", "logprob_chunk_size",
+                     "plan"}
 
 
 def parse_config(config_type, argv: list[str], prog: str, description: str = ""):

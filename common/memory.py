@@ -7,6 +7,7 @@ largest of the ranks' peaks.
 """
 import resource
 import sys
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -21,6 +22,51 @@ def peak_memory_gib(device: torch.device | str = "cpu") -> float:
         scale = 1 if sys.platform == "darwin" else 1024   # ru_maxrss: bytes on macOS, KiB on Linux
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
     return round(dist.all_max(peak / 2 ** 30), 3)
+
+
+ACTIVATION_OFFLOAD_HELP = ("keep the activations the backward pass needs in host memory (pinned) instead of on the "
+                           "GPU, copied back as the backward pass reaches them: long completions in less GPU "
+                           "memory, for transfer time (on a CPU nothing moves)")
+
+
+def activation_offload(on: bool, device: torch.device):
+    """`--activation-offload`: a context in which the tensors a forward pass keeps for its backward pass
+    wait in host memory (pinned on a GPU) and return to the device when the backward pass reaches them
+    (torch.autograd.graph.save_on_cpu): a micro-batch's activations cost host memory and transfer time
+    instead of device memory. On a CPU they already are in host memory: nothing moves. Under gradient
+    checkpointing only what the recomputed layers do not keep (each layer's input stays where it is)."""
+    if not on:
+        return nullcontext()
+    return torch.autograd.graph.save_on_cpu(pin_memory=torch.device(device).type == "cuda")
+
+
+class Parked:
+    """A frozen model that, with `offload`, waits in host memory (pinned) between uses: `with
+    parked.visit() as m:` copies its weights and buffers to `device` for the block and drops those copies
+    after it, so the model costs device memory only while it runs. Without `offload`, or on a CPU (host
+    memory already), nothing moves."""
+
+    def __init__(self, model, device: torch.device, offload: bool):
+        self.model, self.device = model, torch.device(device)
+        self.moves = offload and self.device.type != "cpu"
+        self.tensors = [*model.parameters(), *model.buffers()]
+        if self.moves:
+            for t in self.tensors:
+                t.data = t.data.to("cpu").pin_memory()
+
+    @contextmanager
+    def visit(self):
+        if not self.moves:
+            yield self.model
+            return
+        host = [t.data for t in self.tensors]
+        for t, h in zip(self.tensors, host):
+            t.data = h.to(self.device, non_blocking=True)
+        try:
+            yield self.model
+        finally:
+            for t, h in zip(self.tensors, host):
+                t.data = h
 
 
 # ---- the plan: the predicted peak before a run, by component (`--plan`)
@@ -60,24 +106,30 @@ def model_counts(model, lora_r: int = 0, lora_targets: str = "all-linear") -> di
     return {"total": total, "layers": layers, "head": head, "single": single, "trainable": trainable}
 
 
-def activation_bytes(config, tokens: int, context: int, compute_bytes: int, checkpointing: bool) -> float:
+def activation_bytes(config, tokens: int, context: int, compute_bytes: int, checkpointing: bool,
+                     offloaded: bool = False) -> float:
     """Saved activations of one forward pass over `tokens` completion tokens that attend over `context`
     positions: about (32 + 4 context / T) H + 8 I bytes a token a layer in bfloat16 (16 H-sized and 4
     I-sized tensors kept for the backward pass), twice that in float32. With checkpointing: each
-    layer's input, and one layer's activations at a time."""
+    layer's input, and one layer's activations at a time. Offloaded to the host (`activation_offload`
+    on a GPU): one layer's at a time on the device, and the layers' inputs if checkpointing keeps them."""
     H, I, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     per_layer = tokens * ((32 + 4 * context / max(1, tokens)) * H + 8 * I) * compute_bytes / 2
-    return tokens * H * compute_bytes * L + per_layer if checkpointing else per_layer * L
+    if checkpointing:
+        return tokens * H * compute_bytes * L + per_layer
+    return per_layer if offloaded else per_layer * L
 
 
-def state_parts(config, precision, n: dict) -> list[tuple[str, float]]:
-    """Weights, gradients and optimizer state (each rank's share under --fsdp), for any training config."""
+def state_parts(config, precision, n: dict, device: torch.device) -> list[tuple[str, float]]:
+    """Weights, gradients and optimizer state (each rank's share under --fsdp), for any training config;
+    with --offload-optimizer on a GPU the optimizer state is in host memory (0 on the device)."""
     from common.optim import state_bytes_per_parameter
     shard = dist.world() if config.fsdp else 1
+    host = getattr(config, "offload_optimizer", False) and device.type == "cuda"
     return [(f"weights ({precision.weights})", weight_bytes(n, precision, config.use_peft) / shard),
             ("gradients", n["trainable"] * precision.weights.itemsize / shard),
-            (f"optimizer state ({config.optim})",
-             n["trainable"] * state_bytes_per_parameter(config.optim, precision.weights) / shard)]
+            (f"optimizer state ({config.optim}{', in host memory' if host else ''})",
+             0.0 if host else n["trainable"] * state_bytes_per_parameter(config.optim, precision.weights) / shard)]
 
 
 def grpo_components(config, device: torch.device, model=None) -> tuple[list[tuple[str, float]], dict]:
@@ -94,14 +146,15 @@ def grpo_components(config, device: torch.device, model=None) -> tuple[list[tupl
     micro = min(config.micro_batch_size, rows)
     T, P = config.max_completion_length, PROMPT_TOKENS
     head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
-    parts = state_parts(config, precision, n) + [
+    parts = state_parts(config, precision, n, device) + [
         (f"sampler's weight copies ({precision.compute})", sampler_copies(n, precision, device, config.use_peft)
          if LeanDecoder.supports(model) else 0.0),
         ("reference model (beta > 0)", n["total"] * cb if config.beta > 0 and not config.use_peft else 0.0),
         (f"KV cache, sampling {rows} rows x {P + T} positions",
          2 * mc.num_hidden_layers * mc.num_key_value_heads * head_dim * (P + T) * rows * cb),
         (f"activations, one micro-batch of {micro}",
-         activation_bytes(mc, micro * T, P + T, cb, config.gradient_checkpointing)),
+         activation_bytes(mc, micro * T, P + T, cb, config.gradient_checkpointing,
+                          config.activation_offload and device.type == "cuda")),
         (f"log-prob chunk ({config.logprob_chunk_size} positions x vocabulary)",
          min(config.logprob_chunk_size, micro * T) * mc.vocab_size * (cb + 8)),
         ("process (interpreter, libraries)", PROCESS_CPU if device.type == "cpu" else 0.0),
@@ -109,13 +162,16 @@ def grpo_components(config, device: torch.device, model=None) -> tuple[list[tupl
          n["layers"] / mc.num_hidden_layers * wb if config.use_peft else 0.0),
     ]
     weights, grads, state, copies, ref, kv, act, chunk, process, merged = (size for _, size in parts)
-    held = weights + state + copies + ref + process
+    parked = config.beta > 0 and getattr(config, "offload_reference", False) and device.type == "cuda"
+    held = weights + state + copies + process + (0.0 if parked else ref)
+    kept_kv = kv if device.type == "cuda" else 0.0  # a GPU keeps the sampler's rollout: its graphs read it by address
     # loading: on a CPU the weights and the file they are read from; a GPU gets the loaded weights once
     phases = {"loading": process + (2 if device.type == "cpu" else 1) * weights,
               "sampling": held + kv,
-              # a GPU keeps the sampler's rollout (its CUDA graphs read the cache by address) through training
-              "training": held + grads + act + chunk + (kv if device.type == "cuda" else 0.0),
+              "training": held + grads + act + chunk + kept_kv,
               "saving": held + merged}
+    if parked:  # --offload-reference: on the GPU only for its forward passes, before the policy's
+        phases["reference"] = held + ref + chunk + kept_kv
     return parts, phases
 
 
@@ -161,10 +217,11 @@ def packed_components(config, device: torch.device, model=None, teacher=None) ->
     mc = model.config
     n = model_counts(model, config.lora_r if config.use_peft else 0, config.lora_target_modules)
     tokens = config.batch_size * config.max_length
-    checkpointing = getattr(config, "gradient_checkpointing", False)   # sft has it, distill not
-    parts = state_parts(config, precision, n) + [
+    checkpointing = getattr(config, "gradient_checkpointing", False)   # sft has these, distill not
+    offloaded = getattr(config, "activation_offload", False) and device.type == "cuda"
+    parts = state_parts(config, precision, n, device) + [
         (f"activations, one micro-batch of {tokens} tokens",
-         activation_bytes(mc, tokens, config.max_length, cb, checkpointing)),
+         activation_bytes(mc, tokens, config.max_length, cb, checkpointing, offloaded)),
         ("output-layer chunk (1024 positions x vocabulary)", min(1024, tokens) * mc.vocab_size * (cb + 8)),
         ("teacher (frozen) and its logits", teacher_bytes(teacher, tokens, cb) if teacher is not None else 0.0),
         ("process (interpreter, libraries)", PROCESS_CPU if device.type == "cpu" else 0.0)]

@@ -173,7 +173,8 @@ def main(config: DistillConfig) -> dict:
         sharding.shard(teacher)
     prompt_rows = (load_conversations(config.dataset, "train", config.train_examples, seed=config.seed)
                    if config.on_policy else [])  # --on-policy: their prompts, without the answers
-    optimizer = make_optimizer(student, config.learning_rate, config.weight_decay, optim=config.optim)
+    optimizer = make_optimizer(student, config.learning_rate, config.weight_decay, optim=config.optim,
+                               offload=config.offload_optimizer)
     scheduler = make_scheduler(optimizer, config.lr_scheduler, int(config.warmup_ratio * config.max_steps),
                                config.max_steps)
     start_step = ckpt.restore_training(resume_from, student, optimizer, scheduler)["step"] if resume_from else 0

@@ -4,8 +4,9 @@ from dataclasses import dataclass
 from common.config import arg
 from lm.lora import LoraFlags
 from lm.precision import CHOICES as DTYPES
+from common.memory import ACTIVATION_OFFLOAD_HELP
 from lm.precision import HELP as PRECISION_HELP
-from common.optim import OPTIM_HELP, SCHEDULES, check_optim
+from common.optim import OFFLOAD_HELP, OPTIM_HELP, SCHEDULES, check_optim
 from common.trackers import parse_report_to
 from grpo.advantages import SCALES
 from grpo.loss import LOSS_TYPES
@@ -34,6 +35,9 @@ class GRPOConfig(LoraFlags):
     # loss
     loss_type: str = arg("grpo", "token averaging: grpo (per-sequence mean), dr_grpo, dapo")
     beta: float = arg(0.0, "weight of the k3 KL to the reference model (0: no reference model)")
+    offload_reference: bool = arg(False, "with beta > 0 on a GPU: the reference model waits in host memory "
+                                  "(pinned) and visits the GPU for its forward pass each step, so the update "
+                                  "does not hold it (on a CPU it is in host memory already)")
     epsilon: float = arg(0.2, "clip range below (and above unless --epsilon-high)")
     epsilon_high: float | None = arg(None, "clip range above (DAPO clip-higher, e.g. 0.28)")
     importance_sampling_level: str = arg("token", "token (GRPO) or sequence (GSPO) importance ratios")
@@ -61,6 +65,7 @@ class GRPOConfig(LoraFlags):
     max_minutes: float = arg(0.0, "stop (with a checkpoint) after the step that passes this wall-clock budget; 0: none")
     micro_batch_size: int = arg(8, "sequences per forward/backward (gradient accumulation)")
     gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass to save memory")
+    activation_offload: bool = arg(False, ACTIVATION_OFFLOAD_HELP)
     report_to: str = arg("none", "experiment trackers besides metrics.jsonl: none, tensorboard, wandb, trackio "
                          "(comma-separated for several; common/trackers.py)")
     fsdp: bool = arg(False, "shard weights, gradients and AdamW state over the torchrun processes (FSDP2)")
@@ -68,6 +73,7 @@ class GRPOConfig(LoraFlags):
     # plumbing
     dtype: str = arg("auto", PRECISION_HELP)
     optim: str = arg("adamw_torch", OPTIM_HELP)
+    offload_optimizer: bool = arg(False, OFFLOAD_HELP)
     device: str = arg("auto", "auto, cpu, cuda")
     seed: int = arg(0, "seed for data order, sampling and the eval split")
     output_dir: str = arg("runs/grpo", "where config, metrics, samples, checkpoints and plots go")
@@ -103,7 +109,7 @@ class GRPOConfig(LoraFlags):
                 raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
-        check_optim(self.optim, self.fsdp)
+        check_optim(self.optim, self.fsdp, self.offload_optimizer)
         for value, choices, flag in ((self.curriculum, ("none", "pass-rate"), "--curriculum"),
                                      (self.sampler_correction, ("none", "tis"), "--sampler-correction")):
             if value not in choices:
@@ -121,6 +127,9 @@ class GRPOConfig(LoraFlags):
             raise ValueError("--fsdp runs every rank through the same passes: not with --dynamic-sampling (ranks keep "
                              "different numbers of groups), nor with beta > 0 and truncated sampling (the reference "
                              "is scored on the policy's kept set, which needs both models in one pass)")
+        if self.offload_reference and (self.beta <= 0 or self.use_peft or self.fsdp):
+            raise ValueError("--offload-reference needs a reference model of its own: beta > 0, and not with "
+                             "--use-peft (the reference is the policy with its adapters off) nor --fsdp (sharded)")
         if self.resume and self.overwrite:
             raise ValueError("--resume continues a run and --overwrite removes one: choose one")
         parse_names_and_weights(self.reward_funcs, self.reward_weights)

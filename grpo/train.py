@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from common import dist
-from common.memory import peak_memory_gib, print_plan
+from common.memory import Parked, activation_offload, peak_memory_gib, print_plan
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps, time_is_up
 from common.runlog import append_jsonl, open_run, phase_clock, plot_metrics, summary
 from common.trackers import start as start_trackers
@@ -69,7 +69,8 @@ class Run:
     out: object                 # the run folder
     model: object
     tokenizer: object
-    ref_model: object           # None unless beta > 0 without LoRA (LoRA's reference: its adapters off)
+    ref_model: object           # None unless beta > 0 without LoRA (LoRA's reference: its adapters off);
+                                # a common.memory.Parked: on the device, or in host memory between uses
     precision: object           # lm/precision.py: the dtype products run in
     rows: list                  # the training prompts
     eval_rows: list
@@ -105,6 +106,8 @@ def set_up(config: GRPOConfig) -> tuple[Run, int, int]:
         sharding.shard(model, precision)
         if ref_model is not None:
             sharding.shard(ref_model)
+    if ref_model is not None:  # --offload-reference: in host memory between its forward passes
+        ref_model = Parked(ref_model, model.device, config.offload_reference)
     model.train()
 
     rows = load_math(config.dataset, "train", config.train_problems, seed=config.seed)
@@ -112,7 +115,8 @@ def set_up(config: GRPOConfig) -> tuple[Run, int, int]:
                  if config.eval_every >= 0 else [])
     specs = build_rewards(config.reward_funcs, config.reward_weights, config.max_completion_length)
     total_updates = config.max_steps * config.num_iterations
-    optimizer = make_optimizer(model, config.learning_rate, config.weight_decay, optim=config.optim)
+    optimizer = make_optimizer(model, config.learning_rate, config.weight_decay, optim=config.optim,
+                               offload=config.offload_optimizer)
     scheduler = make_scheduler(optimizer, config.lr_scheduler, int(config.warmup_ratio * total_updates), total_updates)
     curriculum = PassRateCurriculum(rows, config.group_size, config.seed) if config.curriculum == "pass-rate" else None
     start_step, position = 0, 0  # position: prompt slots used so far (B per sampling round)
@@ -178,9 +182,10 @@ def update(run: Run, step: int, s, adv: torch.Tensor, mask: torch.Tensor) -> dic
 
     # reference and old log-probs, only when they are needed (the reference on the policy's kept set
     # under top-k / top-p: both distributions over the tokens the sampler could draw)
-    with torch.no_grad(), lora.adapters_off(model) if config.use_peft else nullcontext():
-        ref_logp = ([logps_of(model if run.ref_model is None else run.ref_model, idx, kept_by=model)[0]
-                     for idx in micro] if config.beta > 0 else None)
+    reference = (lora.adapters_off(model) if config.use_peft else run.ref_model.visit()) if config.beta > 0 \
+        else nullcontext()
+    with torch.no_grad(), reference as ref:
+        ref_logp = [logps_of(ref, idx, kept_by=model)[0] for idx in micro] if config.beta > 0 else None
     with torch.no_grad():
         old_logp = [logps_of(model, idx)[0] for idx in micro] if config.num_iterations > 1 else None
     # the trainer's log-probs without dropout (LoRA's), for the sampler comparison and TIS's weight:
@@ -198,7 +203,8 @@ def update(run: Run, step: int, s, adv: torch.Tensor, mask: torch.Tensor) -> dic
     for iteration in range(config.num_iterations):
         step_loss, stats_sum, entropy_sum = 0.0, {}, 0.0
         for j, idx in enumerate(micro):
-            logp, entropy = logps_of(model, idx, with_entropy=True)                  # (n, T)
+            with activation_offload(config.activation_offload, model.device):  # what backward needs: on the host
+                logp, entropy = logps_of(model, idx, with_entropy=True)              # (n, T)
             loss, stats = grpo_loss(
                 logp, old_logp[j] if old_logp is not None else logp.detach(),
                 ref_logp[j] if ref_logp is not None else None, adv[idx], mask[idx],

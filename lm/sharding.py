@@ -129,14 +129,24 @@ def model_to_save(model):
 
 def optimizer_state(model, optimizer) -> dict:
     """The optimizer's state keyed by parameter name (one format with FSDP or without, so a checkpoint
-    resumes either way); for a sharded model gathered whole to rank 0 (a collective)."""
+    resumes either way); for a sharded model gathered whole to rank 0 (a collective). torchao's
+    CPUOffloadOptimizer (one optimizer per host copy of a weight) keeps its own format."""
+    if hasattr(optimizer, "param_d2h_map"):
+        return {"offloaded": optimizer.state_dict()}
     return get_optimizer_state_dict(model, optimizer,
                                     options=StateDictOptions(full_state_dict=True, cpu_offload=is_sharded(model)))
 
 
 def load_optimizer_state(model, optimizer, state: dict) -> None:
     """Load `optimizer_state`'s dict (every rank reads the whole of it and keeps its shard)."""
-    if all(isinstance(k, int) for k in state["state"]):  # keyed by position: written before names were used
+    if ("offloaded" in state) != hasattr(optimizer, "param_d2h_map"):
+        from common.config import ConfigError
+        where = lambda offloaded: "in host memory (--offload-optimizer on a GPU)" if offloaded else "on the device"
+        raise ConfigError(f"--resume: the checkpoint's optimizer state was kept {where('offloaded' in state)}, this "
+                          f"run's is {where('offloaded' not in state)}: resume it on the same kind of device")
+    if "offloaded" in state:
+        optimizer.load_state_dict(state["offloaded"])
+    elif all(isinstance(k, int) for k in state["state"]):  # keyed by position: written before names were used
         optimizer.load_state_dict(state)
     else:
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))

@@ -10,7 +10,7 @@ from common.config import arg
 from lm.lora import LoraFlags
 from lm.precision import CHOICES as DTYPES
 from lm.precision import HELP as PRECISION_HELP
-from common.optim import OPTIM_HELP, SCHEDULES, check_optim
+from common.optim import OFFLOAD_HELP, OPTIM_HELP, SCHEDULES, check_optim
 from common.trackers import parse_report_to
 
 from sft.packing import Batch, TokenizeReport, collate_padded, collate_rows, pack, tokenize
@@ -40,6 +40,7 @@ class PackedTrainingFlags(LoraFlags):
     fsdp: bool = arg(False, "shard weights, gradients and AdamW state over the torchrun processes (FSDP2)")
     dtype: str = arg("auto", PRECISION_HELP)
     optim: str = arg("adamw_torch", OPTIM_HELP)
+    offload_optimizer: bool = arg(False, OFFLOAD_HELP)
     device: str = arg("auto", "auto, cpu, cuda")
     seed: int = arg(0, "seed for data order")
     output_dir: str = arg("runs/sft", "where config, metrics, checkpoints and plots go")
@@ -61,7 +62,7 @@ class PackedTrainingFlags(LoraFlags):
             raise ValueError(f"--lr-scheduler {self.lr_scheduler!r}: choose one of {', '.join(SCHEDULES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
-        check_optim(self.optim, self.fsdp)
+        check_optim(self.optim, self.fsdp, self.offload_optimizer)
         if self.resume and self.overwrite:
             raise ValueError("--resume continues a run and --overwrite removes one: choose one")
         parse_report_to(self.report_to)

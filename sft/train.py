@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from common import dist
 from common.config import arg
-from common.memory import peak_memory_gib, print_plan
+from common.memory import ACTIVATION_OFFLOAD_HELP, activation_offload, peak_memory_gib, print_plan
 from lm.loading import resolve_device
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps, time_is_up
 from common.runlog import append_jsonl, open_run, plot_metrics, summary
@@ -40,6 +40,7 @@ class SFTConfig(PackedTrainingFlags):
     num_epochs: float = arg(1.0, "passes over the data (when --max-steps is 0)")
     max_steps: int = arg(0, "optimizer steps (0: from --num-epochs)")
     gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass to save memory")
+    activation_offload: bool = arg(False, ACTIVATION_OFFLOAD_HELP)
 
     def __post_init__(self):
         super().__post_init__()
@@ -73,7 +74,8 @@ def main(config: SFTConfig) -> dict:
           f"--max-length {config.max_length}) in {n_units} {'packed rows' if config.packing else 'rows'}; "
           f"{total_steps} steps")
 
-    optimizer = make_optimizer(model, config.learning_rate, config.weight_decay, optim=config.optim)
+    optimizer = make_optimizer(model, config.learning_rate, config.weight_decay, optim=config.optim,
+                               offload=config.offload_optimizer)
     scheduler = make_scheduler(optimizer, config.lr_scheduler, int(config.warmup_ratio * total_steps), total_steps)
     start_step = ckpt.restore_training(resume_from, model, optimizer, scheduler)["step"] if resume_from else 0
     if dist.is_main():
@@ -104,7 +106,7 @@ def main(config: SFTConfig) -> dict:
         n_targets = int(dist.all_sum(sum(b.num_targets for b in micro)))
         loss_sum = 0.0
         for batch in micro:
-            with precision.autocast():
+            with precision.autocast(), activation_offload(config.activation_offload, model.device):
                 loss = sft_loss(model, batch, normalizer=max(1, n_targets))
             loss.backward()
             loss_sum += loss.item()

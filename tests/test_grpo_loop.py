@@ -151,7 +151,9 @@ def test_bad_grpo_flags_fail_at_start_with_one_line(tmp_path):
     assert proc.returncode == 2 and "at least 2" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     for args, message in ((["--reward-funcs", "accuracy,nope"], "unknown reward nope"),
                           (["--loss-type", "ppo"], "--loss-type 'ppo'"),
-                          (["--dtype", "half"], "--dtype 'half'")):
+                          (["--dtype", "half"], "--dtype 'half'"),
+                          (["--offload-optimizer", "--fsdp"], "--offload-optimizer is for one GPU"),
+                          (["--offload-reference"], "--offload-reference needs a reference model of its own")):
         with pytest.raises(ConfigError, match=message):
             parse_config(GRPOConfig, args, prog="run.py grpo")
 
@@ -212,3 +214,75 @@ def test_the_loop_reads_like_its_docstring():
     assert len(inspect.getsource(train.main).splitlines()) <= 100
     for phase in ("set_up", "sample_and_score", "advantages", "update", "step_record", "write_step", "save"):
         assert callable(getattr(train, phase)) and f"{phase}(" in inspect.getsource(train.main), phase
+
+
+def test_activation_offload_keeps_the_backward_passs_tensors_in_host_memory_and_the_same_update(tmp_path, monkeypatch):
+    # on a CPU save_on_cpu moves nothing, so what can be checked here is that the training forward
+    # passes (GRPO's and SFT's) run under it, every saved tensor through its pack hook, and that the
+    # update is the one without it (the GPU's transfers: bench/gpu_check.sh)
+    from sft.train import SFTConfig, main as sft_main
+    packed = {"n": 0}
+    real = torch.autograd.graph.save_on_cpu
+
+    class Counting(real):
+        def __init__(self, pin_memory=False, device_type="cuda"):
+            super().__init__(pin_memory, device_type)
+            pack = self.pack_hook
+
+            def counted(tensor):
+                packed["n"] += 1
+                return pack(tensor)
+            self.pack_hook = counted
+
+    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", Counting)
+    runs = {}
+    for offload in (False, True):
+        out = tmp_path / f"grpo-{offload}"
+        train.main(tiny_config(out, max_steps=1, save_every=1, activation_offload=offload))
+        runs[offload] = AutoModelForCausalLM.from_pretrained(out / "checkpoint-1").state_dict()
+        if not offload:
+            assert packed["n"] == 0
+    assert packed["n"] > 50                          # every layer's saved tensors, for each micro-batch
+    assert all(torch.equal(runs[False][k], runs[True][k]) for k in runs[False])
+    before = packed["n"]
+    kw = dict(model="tiny", train_examples=8, max_length=700, gradient_accumulation_steps=1, eval_every=-1,
+              max_steps=1, save_every=1)
+    sft_main(SFTConfig(**kw, output_dir=str(tmp_path / "sft"), activation_offload=True))
+    assert packed["n"] > before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_parked_reference_and_offloaded_activations_move_memory_not_the_update(tmp_path):
+    kw = dict(max_steps=2, save_every=2, beta=0.1, device="cuda")
+    run, _, _ = train.set_up(tiny_config(tmp_path / "setup", offload_reference=True, **kw))
+    weight = next(run.ref_model.model.parameters())
+    assert weight.device.type == "cpu" and weight.is_pinned()      # between uses: pinned host memory
+    with run.ref_model.visit() as ref:
+        assert next(ref.parameters()).device.type == "cuda"
+    assert next(run.ref_model.model.parameters()).device.type == "cpu"
+    plain = train.main(tiny_config(tmp_path / "plain", **kw))
+    moved = train.main(tiny_config(tmp_path / "moved", offload_reference=True, activation_offload=True, **kw))
+    assert moved["loss"] == pytest.approx(plain["loss"], abs=1e-6) and moved["kl"] == pytest.approx(plain["kl"], abs=1e-7)
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "plain" / "checkpoint-2").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "moved" / "checkpoint-2").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_offloaded_optimizer_makes_the_same_updates_clipped_and_resumed(tmp_path):
+    # max_grad_norm 1e-3: every step is clipped, which must reach the host's copies of the gradients
+    kw = dict(max_steps=3, save_every=1, keep_checkpoints=5, device="cuda", max_grad_norm=1e-3)
+    plain = train.main(tiny_config(tmp_path / "plain", **kw))
+    host = train.main(tiny_config(tmp_path / "host", offload_optimizer=True, **kw))
+    assert host["loss"] == pytest.approx(plain["loss"], abs=1e-6)
+    weights = lambda run: AutoModelForCausalLM.from_pretrained(tmp_path / run / "checkpoint-3").state_dict()
+    a, b = weights("plain"), weights("host")
+    start = AutoModelForCausalLM.from_pretrained(tmp_path / "plain" / "checkpoint-1").state_dict()
+    assert any((a[k] - start[k]).abs().max() > 1e-5 for k in a)                   # the weights moved
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)                # the same updates
+    kw.update(max_steps=4, offload_optimizer=True)
+    train.main(tiny_config(tmp_path / "host", **kw, resume=str(tmp_path / "host")))
+    train.main(tiny_config(tmp_path / "again", **kw))                            # 4 steps, uninterrupted
+    resumed = AutoModelForCausalLM.from_pretrained(tmp_path / "host" / "checkpoint-4").state_dict()
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "again" / "checkpoint-4").state_dict()
+    assert all(torch.allclose(again[k], resumed[k], atol=1e-6) for k in a)      # resumed exactly

@@ -115,6 +115,27 @@ def test_plan_counts_each_component_by_hand_and_trains_nothing(tmp_path, capsys,
     assert parts[3] == ("sampler's weight copies (torch.bfloat16)", 0) and phases["loading"] == 2 * n
     # training holds the sampler's KV cache too there: its CUDA graphs keep the rollout (process: 0 on a GPU)
     assert phases["training"] == sum(size for name, size in parts if not name.startswith("a layer merged"))
+    # activations of a micro-batch of 8 x 16 tokens attending over 176 positions: (32 + 4 x 176 / 128) x 64
+    # + 8 x 128 = 3,424 bytes a token a layer in bfloat16; --activation-offload leaves one layer's on a GPU
+    acts = lambda device, **kw: dict(grpo_components(dataclasses.replace(config, **kw), torch.device(device))[0])[
+        "activations, one micro-batch of 8"]
+    assert acts("cuda") == 2 * 128 * 3424 and acts("cuda", activation_offload=True) == 128 * 3424
+    assert acts("cpu", activation_offload=True) == acts("cpu")                # host memory already
+    # --offload-optimizer: AdamW's state in host memory on a GPU; on a CPU it is there already
+    state = lambda device, **kw: dict(grpo_components(dataclasses.replace(config, **kw), torch.device(device))[0])
+    assert state("cuda", offload_optimizer=True)["optimizer state (adamw_torch_8bit, in host memory)"] == 0
+    assert state("cpu", offload_optimizer=True)["optimizer state (adamw_torch_8bit)"] == pytest.approx(n * 2 * (1 + 4 / 256))
+    # beta > 0: a reference in the compute dtype through the update; --offload-reference: only while it runs
+    ref = dataclasses.replace(config, beta=0.1)
+    parts, phases = grpo_components(ref, torch.device("cuda"))
+    parts = dict(parts)
+    assert parts["reference model (beta > 0)"] == 2 * n and "reference" not in phases
+    parts_off, phases_off = grpo_components(dataclasses.replace(ref, offload_reference=True), torch.device("cuda"))
+    assert phases_off["training"] == phases["training"] - 2 * n and phases_off["sampling"] == phases["sampling"] - 2 * n
+    chunk = next(size for name, size in parts.items() if name.startswith("log-prob chunk"))
+    kv = next(size for name, size in parts.items() if name.startswith("KV cache"))
+    assert phases_off["reference"] == phases_off["saving"] - parts["a layer merged as a checkpoint is written (LoRA)"] \
+        + 2 * n + chunk + kv
     lora_config = dataclasses.replace(config, use_peft=True, lora_r=4, optim="adamw_torch")
     adapters = 2 * 4 * ((64 + 64) + 2 * (64 + 32) + (64 + 64) + 2 * (64 + 128) + (128 + 64))
     assert dict(grpo_components(lora_config, torch.device("cuda"))[0])[
