@@ -53,8 +53,9 @@ def _chunk_logp(lm_head, hidden: torch.Tensor, targets: torch.Tensor, temperatur
     logp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse                  # (C,)
     if not with_entropy:
         return logp, torch.zeros_like(logp)
-    probs = (logits - lse[:, None]).exp()
-    entropy = lse - torch.where(probs > 0, probs * logits, 0.0).sum(-1)           # (C,) (0 * -inf: 0)
+    with torch.no_grad():  # a statistic, never differentiated: its (C, V) products keep nothing for backward
+        probs = (logits - lse[:, None]).exp()
+        entropy = lse - torch.where(probs > 0, probs * logits, 0.0).sum(-1)       # (C,) (0 * -inf: 0)
     return logp, entropy
 
 

@@ -43,6 +43,13 @@ def test_entropy_of_tempered_distribution_matches_definition(model, tok):
     p = logits.softmax(-1)
     expected = -(p * p.log()).sum(-1)
     assert torch.allclose(entropy, expected, atol=1e-5)
+    # in training (gradients on) the entropy is a statistic: no graph, so its vocabulary-sized
+    # products keep nothing alive until the backward pass; the log-probs keep theirs
+    for chunk in (1024, 2):                       # one chunk (logits kept) and several (recomputed)
+        logp, entropy = token_logprobs(model, prompt, torch.ones_like(prompt), completion, temperature=2.0,
+                                       with_entropy=True, chunk_size=chunk)
+        assert logp.grad_fn is not None and entropy.grad_fn is None
+        assert torch.allclose(entropy, expected, atol=1e-5)
 
 
 def test_target_nll_matches_cross_entropy_of_full_logits_values_and_gradients(model, tok):
