@@ -34,7 +34,8 @@ def activation_offload(on: bool, device: torch.device):
     wait in host memory (pinned on a GPU) and return to the device when the backward pass reaches them
     (torch.autograd.graph.save_on_cpu): a micro-batch's activations cost host memory and transfer time
     instead of device memory. On a CPU they already are in host memory: nothing moves. Under gradient
-    checkpointing only what the recomputed layers do not keep (each layer's input stays where it is)."""
+    checkpointing what it keeps, each layer's input, goes to the host (the recomputed layer's own tensors
+    are saved, and offloaded, only during its recomputation)."""
     if not on:
         return nullcontext()
     return torch.autograd.graph.save_on_cpu(pin_memory=torch.device(device).type == "cuda")
@@ -112,12 +113,12 @@ def activation_bytes(config, tokens: int, context: int, compute_bytes: int, chec
     positions: about (32 + 4 context / T) H + 8 I bytes a token a layer in bfloat16 (16 H-sized and 4
     I-sized tensors kept for the backward pass), twice that in float32. With checkpointing: each
     layer's input, and one layer's activations at a time. Offloaded to the host (`activation_offload`
-    on a GPU): one layer's at a time on the device, and the layers' inputs if checkpointing keeps them."""
+    on a GPU, with or without checkpointing): one layer's at a time on the device."""
     H, I, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     per_layer = tokens * ((32 + 4 * context / max(1, tokens)) * H + 8 * I) * compute_bytes / 2
-    if checkpointing:
-        return tokens * H * compute_bytes * L + per_layer
-    return per_layer if offloaded else per_layer * L
+    if offloaded:
+        return per_layer
+    return tokens * H * compute_bytes * L + per_layer if checkpointing else per_layer * L
 
 
 def state_parts(config, precision, n: dict, device: torch.device) -> list[tuple[str, float]]:

@@ -51,7 +51,7 @@ from grpo.curriculum import PassRateCurriculum
 from grpo.loss import grpo_loss, sampler_mismatch
 from lm import checkpoint as ckpt
 from lm import load_model, lora, sharding, token_logprobs
-from lm.loading import resolve_device
+from lm.loading import enable_checkpointing, resolve_device
 from lm.precision import resolve_precision
 from rewards import build_rewards, events
 from rewards.verify import last_boxed
@@ -101,7 +101,7 @@ def set_up(config: GRPOConfig) -> tuple[Run, int, int]:
         ref_model = (load_model(config.model, dtype=config.dtype, device=device)[0] if resume_from
                      else copy.deepcopy(model).to(precision.compute)).eval().requires_grad_(False)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     if config.fsdp:
         sharding.shard(model, precision)
         if ref_model is not None:

@@ -162,3 +162,12 @@ def load_model(name: str, *, dtype: str = "auto", device: str = "auto",
     model.to(device=dev, dtype=torch_dtype)
     model.eval()
     return model, tokenizer
+
+
+def enable_checkpointing(model) -> None:
+    """Activation checkpointing of every decoder layer, non-reentrant (transformers 5 names it
+    `activation_checkpointing_enable`; older versions `gradient_checkpointing_enable`)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

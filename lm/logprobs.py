@@ -95,9 +95,8 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
 
 def _checkpointing(model) -> bool:
     """Whether activation checkpointing is on (transformers then refuses a KV cache in training)."""
-    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") \
-        else "is_gradient_checkpointing"
-    return bool(getattr(model, name, False))
+    on = getattr(model, "is_activation_checkpointing", None)   # transformers 5 (peft's wrapper forwards it)
+    return bool(getattr(model, "is_gradient_checkpointing", False) if on is None else on)
 
 
 def completion_hidden(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:

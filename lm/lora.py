@@ -18,6 +18,7 @@ A checkpoint folder stays what `from_pretrained` loads (merged weights); the ada
 an adapter_config.json at the top would make transformers load the base model named in it instead.
 """
 import contextlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,9 +63,11 @@ def _peft():
     import_torchao_quietly()  # peft imports torchao where it is installed, which logs lines of its own
     try:
         import peft
-        return peft
     except ImportError:
         raise ConfigError("--use-peft needs the package peft: pip install peft") from None
+    # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    return peft
 
 
 def wrapper(model):

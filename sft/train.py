@@ -18,7 +18,7 @@ from tqdm import tqdm
 from common import dist
 from common.config import arg
 from common.memory import ACTIVATION_OFFLOAD_HELP, activation_offload, peak_memory_gib, print_plan
-from lm.loading import resolve_device
+from lm.loading import enable_checkpointing, resolve_device
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps, time_is_up
 from common.runlog import append_jsonl, open_run, plot_metrics, summary
 from common.trackers import start as start_trackers
@@ -61,7 +61,7 @@ def main(config: SFTConfig) -> dict:
     if config.use_peft:  # LoRA adapters (lm/lora.py)
         lora.attach(model, config, resume_from, precision)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     if config.fsdp:  # weights, gradients and AdamW state split over the ranks
         sharding.shard(model, precision)
 

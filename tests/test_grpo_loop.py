@@ -221,7 +221,7 @@ def test_activation_offload_keeps_the_backward_passs_tensors_in_host_memory_and_
     # passes (GRPO's and SFT's) run under it, every saved tensor through its pack hook, and that the
     # update is the one without it (the GPU's transfers: bench/gpu_check.sh)
     from sft.train import SFTConfig, main as sft_main
-    packed = {"n": 0}
+    packed = {"n": 0, "ptrs": set()}
     real = torch.autograd.graph.save_on_cpu
 
     class Counting(real):
@@ -231,6 +231,7 @@ def test_activation_offload_keeps_the_backward_passs_tensors_in_host_memory_and_
 
             def counted(tensor):
                 packed["n"] += 1
+                packed["ptrs"].add(tensor.data_ptr())
                 return pack(tensor)
             self.pack_hook = counted
 
@@ -244,6 +245,19 @@ def test_activation_offload_keeps_the_backward_passs_tensors_in_host_memory_and_
             assert packed["n"] == 0
     assert packed["n"] > 50                          # every layer's saved tensors, for each micro-batch
     assert all(torch.equal(runs[False][k], runs[True][k]) for k in runs[False])
+    # with checkpointing, what it keeps for the recomputation, each layer's input, goes through the hook too
+    from common.memory import activation_offload
+    from lm.loading import enable_checkpointing, tiny_model
+    model, inputs = tiny_model(), []
+    enable_checkpointing(model)
+    for layer in model.model.layers:
+        layer.register_forward_pre_hook(lambda module, args, kwargs: inputs.append(
+            (kwargs.get("hidden_states", args[0] if args else None)).data_ptr()), with_kwargs=True)
+    packed["ptrs"].clear()
+    model.train()
+    with activation_offload(True, "cpu"):
+        model.model(input_ids=torch.randint(0, 100, (2, 10)), use_cache=False)
+    assert len(inputs) == 2 and set(inputs) <= packed["ptrs"]
     before = packed["n"]
     kw = dict(model="tiny", train_examples=8, max_length=700, gradient_accumulation_steps=1, eval_every=-1,
               max_steps=1, save_every=1)

@@ -120,6 +120,9 @@ def test_plan_counts_each_component_by_hand_and_trains_nothing(tmp_path, capsys,
     acts = lambda device, **kw: dict(grpo_components(dataclasses.replace(config, **kw), torch.device(device))[0])[
         "activations, one micro-batch of 8"]
     assert acts("cuda") == 2 * 128 * 3424 and acts("cuda", activation_offload=True) == 128 * 3424
+    # checkpointing keeps each layer's input (128 x 64 x 2 bytes) and one layer's; offloaded, the inputs go too
+    assert acts("cuda", gradient_checkpointing=True) == 2 * 128 * 64 * 2 + 128 * 3424
+    assert acts("cuda", gradient_checkpointing=True, activation_offload=True) == 128 * 3424
     assert acts("cpu", activation_offload=True) == acts("cpu")                # host memory already
     # --offload-optimizer: AdamW's state in host memory on a GPU; on a CPU it is there already
     state = lambda device, **kw: dict(grpo_components(dataclasses.replace(config, **kw), torch.device(device))[0])
