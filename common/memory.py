@@ -98,13 +98,23 @@ def model_counts(model, lora_r: int = 0, lora_targets: str = "all-linear") -> di
     layers = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n)
     single = sum(p.numel() for n, p in model.named_parameters()   # the sampler's unfused matrices
                  if n.endswith(("o_proj.weight", "down_proj.weight")))
-    trainable = total
+    trainable, adapted_inputs = total, 0
     if lora_r:
         names = None if lora_targets == "all-linear" else {t.strip() for t in lora_targets.split(",")}
-        trainable = sum(lora_r * (m.in_features + m.out_features) for n, m in model.named_modules()
-                        if isinstance(m, torch.nn.Linear) and ".layers." in n
-                        and (names is None or n.rsplit(".", 1)[-1] in names))
-    return {"total": total, "layers": layers, "head": head, "single": single, "trainable": trainable}
+        adapted = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n
+                   and (names is None or n.rsplit(".", 1)[-1] in names)]
+        trainable = sum(lora_r * (m.in_features + m.out_features) for m in adapted)
+        adapted_inputs = sum(m.in_features for m in adapted)
+    return {"total": total, "layers": layers, "head": head, "single": single, "trainable": trainable,
+            "adapted_inputs": adapted_inputs}
+
+
+def lora_dropout_bytes(config, n: dict, tokens: int, compute_bytes: int) -> float:
+    """LoRA with dropout: peft drops each adapted layer's input into a copy of its own, kept for the
+    backward pass with its mask (a byte a value): (compute bytes + 1) x the adapted layers' inputs a token."""
+    if not (config.use_peft and config.lora_dropout > 0):
+        return 0.0
+    return tokens * n["adapted_inputs"] * (compute_bytes + 1)
 
 
 def activation_bytes(config, tokens: int, context: int, compute_bytes: int, checkpointing: bool,
@@ -147,6 +157,8 @@ def grpo_components(config, device: torch.device, model=None) -> tuple[list[tupl
     micro = min(config.micro_batch_size, rows)
     T, P = config.max_completion_length, PROMPT_TOKENS
     head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
+    offloaded = config.activation_offload and device.type == "cuda"
+    one_layer = offloaded or config.gradient_checkpointing   # one layer's activations at a time on the device
     parts = state_parts(config, precision, n, device) + [
         (f"sampler's weight copies ({precision.compute})", sampler_copies(n, precision, device, config.use_peft)
          if LeanDecoder.supports(model) else 0.0),
@@ -154,8 +166,8 @@ def grpo_components(config, device: torch.device, model=None) -> tuple[list[tupl
         (f"KV cache, sampling {rows} rows x {P + T} positions",
          2 * mc.num_hidden_layers * mc.num_key_value_heads * head_dim * (P + T) * rows * cb),
         (f"activations, one micro-batch of {micro}",
-         activation_bytes(mc, micro * T, P + T, cb, config.gradient_checkpointing,
-                          config.activation_offload and device.type == "cuda")),
+         activation_bytes(mc, micro * T, P + T, cb, config.gradient_checkpointing, offloaded)
+         + lora_dropout_bytes(config, n, micro * T, cb) / (mc.num_hidden_layers if one_layer else 1)),
         (f"log-prob chunk ({config.logprob_chunk_size} positions x vocabulary)",
          min(config.logprob_chunk_size, micro * T) * mc.vocab_size * (cb + 8)),
         ("process (interpreter, libraries)", PROCESS_CPU if device.type == "cpu" else 0.0),
@@ -222,7 +234,8 @@ def packed_components(config, device: torch.device, model=None, teacher=None) ->
     offloaded = getattr(config, "activation_offload", False) and device.type == "cuda"
     parts = state_parts(config, precision, n, device) + [
         (f"activations, one micro-batch of {tokens} tokens",
-         activation_bytes(mc, tokens, config.max_length, cb, checkpointing, offloaded)),
+         activation_bytes(mc, tokens, config.max_length, cb, checkpointing, offloaded)
+         + lora_dropout_bytes(config, n, tokens, cb) / (mc.num_hidden_layers if checkpointing or offloaded else 1)),
         ("output-layer chunk (1024 positions x vocabulary)", min(1024, tokens) * mc.vocab_size * (cb + 8)),
         ("teacher (frozen) and its logits", teacher_bytes(teacher, tokens, cb) if teacher is not None else 0.0),
         ("process (interpreter, libraries)", PROCESS_CPU if device.type == "cpu" else 0.0)]

@@ -140,6 +140,11 @@ def test_plan_counts_each_component_by_hand_and_trains_nothing(tmp_path, capsys,
     assert phases_off["reference"] == phases_off["saving"] - parts["a layer merged as a checkpoint is written (LoRA)"] \
         + 2 * n + chunk + kv
     lora_config = dataclasses.replace(config, use_peft=True, lora_r=4, optim="adamw_torch")
+    # LoRA's dropout (0.05): a copy of each adapted layer's input and its mask, (2 + 1) bytes a value; the
+    # inputs of q, k, v, o, gate, up (64 each) and down (128), 2 layers, 128 tokens
+    lora_acts = lambda **kw: dict(grpo_components(dataclasses.replace(lora_config, **kw), torch.device("cuda"))[0])[
+        "activations, one micro-batch of 8"]
+    assert lora_acts() == acts("cuda") + 128 * 2 * (6 * 64 + 128) * 3 and lora_acts(lora_dropout=0.0) == acts("cuda")
     adapters = 2 * 4 * ((64 + 64) + 2 * (64 + 32) + (64 + 64) + 2 * (64 + 128) + (128 + 64))
     assert dict(grpo_components(lora_config, torch.device("cuda"))[0])[
         "sampler's weight copies (torch.bfloat16)"] == 2 * adapters
