@@ -87,7 +87,7 @@ def settle_host_gradients(optimizer, scale: float) -> None:
         if weight not in optimizer.queue:   # not reached by the backward pass: copy its (clipped) gradient now
             host.grad.copy_(weight.grad)
             optimizer.queue[weight] = torch.cuda.current_stream().record_event()
-        elif scale < 1.0:                   # copied as the backward pass finished it (clipped_step waited for the copy)
+        elif scale < 1.0:   # copied as the backward pass finished it (clipped_step waited for the copy)
             host.grad.mul_(scale)
 
 
@@ -164,7 +164,8 @@ def clipped_step(model, optimizer, scheduler, loss: float, max_grad_norm: float,
     stepped = math.isfinite(loss) and bool(torch.isfinite(grad_norm))
     if stepped:
         if offloaded(optimizer):   # clip_grad_norm_'s own factor, for the host's copies of the gradients
-            settle_host_gradients(optimizer, min(1.0, max_grad_norm / (float(grad_norm) + 1e-6)) if max_grad_norm else 1.0)
+            scale = min(1.0, max_grad_norm / (float(grad_norm) + 1e-6)) if max_grad_norm else 1.0
+            settle_host_gradients(optimizer, scale)
         optimizer.step()
         scheduler.step()
     else:
