@@ -59,7 +59,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
         uninterrupted = start([*GRPO, "--output-dir", str(reference)], log)
     out, rng = tmp_path / "killed", random.Random(0)
     kills, in_writes = 0, 0
-    while kills < 4:  # two inside checkpoint writes, two anywhere in a step
+    while kills < 3:  # two inside checkpoint writes, one anywhere in a step
         latest = ckpt.latest_checkpoint(out)
         at = int(latest.name.split("-")[1]) if latest else 0
         args = [*GRPO, "--output-dir", str(out)] if latest is None and kills == 0 else [*GRPO, "--resume", str(out)]
