@@ -131,12 +131,23 @@ def activation_bytes(config, tokens: int, context: int, compute_bytes: int, chec
     return tokens * H * compute_bytes * L + per_layer if checkpointing else per_layer * L
 
 
+def micro_batch_activations(config, mc, n: dict, tokens: int, context: int, compute_bytes: int,
+                            device: torch.device) -> float:
+    """`activation_bytes` under the config's flags (checkpointing; offloading, which moves them only off
+    a GPU), plus LoRA's dropout copies: one layer's of them when one layer's activations are on the device."""
+    checkpointing = getattr(config, "gradient_checkpointing", False)   # grpo and sft have these, distill not
+    offloaded = getattr(config, "activation_offload", False) and device.type == "cuda"
+    layers = 1 if checkpointing or offloaded else mc.num_hidden_layers
+    return (activation_bytes(mc, tokens, context, compute_bytes, checkpointing, offloaded)
+            + lora_dropout_bytes(config, n, tokens, compute_bytes) * layers / mc.num_hidden_layers)
+
+
 def state_parts(config, precision, n: dict, device: torch.device) -> list[tuple[str, float]]:
     """Weights, gradients and optimizer state (each rank's share under --fsdp), for any training config;
     with --offload-optimizer on a GPU the optimizer state is in host memory (0 on the device)."""
     from common.optim import state_bytes_per_parameter
     shard = dist.world() if config.fsdp else 1
-    host = getattr(config, "offload_optimizer", False) and device.type == "cuda"
+    host = config.offload_optimizer and device.type == "cuda"
     return [(f"weights ({precision.weights})", weight_bytes(n, precision, config.use_peft) / shard),
             ("gradients", n["trainable"] * precision.weights.itemsize / shard),
             (f"optimizer state ({config.optim}{', in host memory' if host else ''})",
@@ -157,8 +168,6 @@ def grpo_components(config, device: torch.device, model=None) -> tuple[list[tupl
     micro = min(config.micro_batch_size, rows)
     T, P = config.max_completion_length, PROMPT_TOKENS
     head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
-    offloaded = config.activation_offload and device.type == "cuda"
-    one_layer = offloaded or config.gradient_checkpointing   # one layer's activations at a time on the device
     parts = state_parts(config, precision, n, device) + [
         (f"sampler's weight copies ({precision.compute})", sampler_copies(n, precision, device, config.use_peft)
          if LeanDecoder.supports(model) else 0.0),
@@ -166,8 +175,7 @@ def grpo_components(config, device: torch.device, model=None) -> tuple[list[tupl
         (f"KV cache, sampling {rows} rows x {P + T} positions",
          2 * mc.num_hidden_layers * mc.num_key_value_heads * head_dim * (P + T) * rows * cb),
         (f"activations, one micro-batch of {micro}",
-         activation_bytes(mc, micro * T, P + T, cb, config.gradient_checkpointing, offloaded)
-         + lora_dropout_bytes(config, n, micro * T, cb) / (mc.num_hidden_layers if one_layer else 1)),
+         micro_batch_activations(config, mc, n, micro * T, P + T, cb, device)),
         (f"log-prob chunk ({config.logprob_chunk_size} positions x vocabulary)",
          min(config.logprob_chunk_size, micro * T) * mc.vocab_size * (cb + 8)),
         ("process (interpreter, libraries)", PROCESS_CPU if device.type == "cpu" else 0.0),
@@ -175,7 +183,7 @@ def grpo_components(config, device: torch.device, model=None) -> tuple[list[tupl
          n["layers"] / mc.num_hidden_layers * wb if config.use_peft else 0.0),
     ]
     weights, grads, state, copies, ref, kv, act, chunk, process, merged = (size for _, size in parts)
-    parked = config.beta > 0 and getattr(config, "offload_reference", False) and device.type == "cuda"
+    parked = config.beta > 0 and config.offload_reference and device.type == "cuda"
     held = weights + state + copies + process + (0.0 if parked else ref)
     kept_kv = kv if device.type == "cuda" else 0.0  # a GPU keeps the sampler's rollout: its graphs read it by address
     # loading: on a CPU the weights and the file they are read from; a GPU gets the loaded weights once
@@ -230,12 +238,9 @@ def packed_components(config, device: torch.device, model=None, teacher=None) ->
     mc = model.config
     n = model_counts(model, config.lora_r if config.use_peft else 0, config.lora_target_modules)
     tokens = config.batch_size * config.max_length
-    checkpointing = getattr(config, "gradient_checkpointing", False)   # sft has these, distill not
-    offloaded = getattr(config, "activation_offload", False) and device.type == "cuda"
     parts = state_parts(config, precision, n, device) + [
         (f"activations, one micro-batch of {tokens} tokens",
-         activation_bytes(mc, tokens, config.max_length, cb, checkpointing, offloaded)
-         + lora_dropout_bytes(config, n, tokens, cb) / (mc.num_hidden_layers if checkpointing or offloaded else 1)),
+         micro_batch_activations(config, mc, n, tokens, config.max_length, cb, device)),
         ("output-layer chunk (1024 positions x vocabulary)", min(1024, tokens) * mc.vocab_size * (cb + 8)),
         ("teacher (frozen) and its logits", teacher_bytes(teacher, tokens, cb) if teacher is not None else 0.0),
         ("process (interpreter, libraries)", PROCESS_CPU if device.type == "cpu" else 0.0)]

@@ -32,7 +32,6 @@ Deliberate choices:
 """
 import copy
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -182,10 +181,10 @@ def update(run: Run, step: int, s, adv: torch.Tensor, mask: torch.Tensor) -> dic
 
     # reference and old log-probs, only when they are needed (the reference on the policy's kept set
     # under top-k / top-p: both distributions over the tokens the sampler could draw)
-    reference = (lora.adapters_off(model) if config.use_peft else run.ref_model.visit()) if config.beta > 0 \
-        else nullcontext()
-    with torch.no_grad(), reference as ref:
-        ref_logp = [logps_of(ref, idx, kept_by=model)[0] for idx in micro] if config.beta > 0 else None
+    ref_logp = None
+    if config.beta > 0:  # LoRA's reference: the policy with its adapters off; else the reference model
+        with torch.no_grad(), lora.adapters_off(model) if config.use_peft else run.ref_model.visit() as ref:
+            ref_logp = [logps_of(ref, idx, kept_by=model)[0] for idx in micro]
     with torch.no_grad():
         old_logp = [logps_of(model, idx)[0] for idx in micro] if config.num_iterations > 1 else None
     # the trainer's log-probs without dropout (LoRA's), for the sampler comparison and TIS's weight:

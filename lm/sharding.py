@@ -34,6 +34,7 @@ from transformers import AutoModelForCausalLM
 
 from common import dist
 from common.config import ConfigError
+from common.optim import offloaded
 
 # The entry functions return views ((N*T,) log-probs viewed as (N, T)); FSDP warns that an in-place op on
 # such a view would skip its backward hook. No caller changes log-probs, logits or losses in place.
@@ -131,7 +132,7 @@ def optimizer_state(model, optimizer) -> dict:
     """The optimizer's state keyed by parameter name (one format with FSDP or without, so a checkpoint
     resumes either way); for a sharded model gathered whole to rank 0 (a collective). torchao's
     CPUOffloadOptimizer (one optimizer per host copy of a weight) keeps its own format."""
-    if hasattr(optimizer, "param_d2h_map"):
+    if offloaded(optimizer):
         return {"offloaded": optimizer.state_dict()}
     return get_optimizer_state_dict(model, optimizer,
                                     options=StateDictOptions(full_state_dict=True, cpu_offload=is_sharded(model)))
@@ -139,8 +140,7 @@ def optimizer_state(model, optimizer) -> dict:
 
 def load_optimizer_state(model, optimizer, state: dict) -> None:
     """Load `optimizer_state`'s dict (every rank reads the whole of it and keeps its shard)."""
-    if ("offloaded" in state) != hasattr(optimizer, "param_d2h_map"):
-        from common.config import ConfigError
+    if ("offloaded" in state) != offloaded(optimizer):
         where = lambda offloaded: "in host memory (--offload-optimizer on a GPU)" if offloaded else "on the device"
         raise ConfigError(f"--resume: the checkpoint's optimizer state was kept {where('offloaded' in state)}, this "
                           f"run's is {where('offloaded' not in state)}: resume it on the same kind of device")
