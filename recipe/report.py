@@ -36,6 +36,23 @@ def stage_comparisons(stages: dict) -> list[tuple[str, str, str]]:
                                         "distillation (its answers alone): the same student, answers and steps")]
 
 
+def distillation_outcome(comparison: dict, logit: float, answers: float) -> str:
+    """The report's sentence on stage 7's question, whichever way the paired comparison of logit
+    distillation (`logit`) against SFT on the teacher's answers (`answers`) came out."""
+    low, high = comparison["diff_ci95"]
+    said = (f"logit distillation {logit:.3f} vs SFT on the answers {answers:.3f}, {comparison['diff']:+.3f} "
+            f"(95% CI {low:+.3f} to {high:+.3f})")
+    if low > 0:
+        verdict = "taught the student more than its answers alone, beyond the noise"
+    elif high < 0:
+        verdict = "taught the student less than its answers alone, beyond the noise"
+    else:
+        verdict = "taught the student as much as its answers alone, within the noise"
+    return (f"The teacher's distributions {verdict}: {said} (docs/distillation.md: the runs that made SFT on "
+            "the answers the stage's method, and why the distributions, unfiltered where the answers are kept "
+            "only when right, may teach less).")
+
+
 def tokens_trained(folder: Path) -> int:
     """Tokens the stage trained on: SFT and distillation log them per step; GRPO logs the mean
     completion length and the completions per step (config)."""
@@ -152,6 +169,9 @@ def write_report(out: Path, folder: Path, models: list[tuple[str, str]], stages:
     lines += ["", f"{who}; trained by SFT on the teacher's answers to {distilled.get('kept', '?')} of "
                   f"{distilled.get('prompts', '?')} new prompts (the best right and well-formatted of 2 at T=1), "
                   f"it reaches {share} of the teacher's accuracy ({student:.3f} of {teacher:.3f}, {main_run})."]
+    if "7-logit-kd" in results:
+        lines += ["", distillation_outcome(comparisons[f"7-logit-kd vs 7-distill, {main_run}"],
+                                           results["7-logit-kd"][main_run]["accuracy"], student)]
     if "kept" in stages.get("5-rejection", {}):
         lines += ["", f"Rejection sampling kept the best answer of {stages['5-rejection']['kept']} of "
                       f"{stages['5-rejection'].get('prompts', '?')} GRPO prompts (4 samples each at T=1; kept: right "

@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 from recipe.coldstart import refine, verdict
 from recipe.pipeline import PipelineConfig
-from recipe.report import evaluate_all, stage_comparisons, weights_stamp
+from recipe.report import distillation_outcome, evaluate_all, stage_comparisons, weights_stamp
 from tasks import load_math
 
 STAGES = ["1-r1-zero", "2-cold-start", "3-sft1", "4-grpo2", "5-rejection", "6-sft2", "7-distill", "8-eval"]
@@ -67,6 +67,9 @@ def test_quick_pipeline_runs_every_stage_and_resumes(tmp_path):
     assert "The student is the base model (tiny), the teacher's own size: this stage is not compression" in report
     assert "| SFT 2 (rejection-sampled data, from the GRPO model) vs SFT 1 (cold start) |" in report
     assert "| reward/tag_count |" in report
+    kd = results["comparisons"]["7-logit-kd vs 7-distill, T=1"]   # the outcome of stage 7's comparison, in words
+    assert distillation_outcome(kd, results["models"]["7-logit-kd"]["T=1"]["accuracy"],
+                                results["models"]["7-distill"]["T=1"]["accuracy"]) in report
 
     # an unfinished training stage (its checkpoints there, no stage.json) is re-run afresh in its folder;
     # the evaluation measures again only the models whose weights changed (the two students)
@@ -128,6 +131,17 @@ def test_refinement_and_filters_by_hand():
     assert verdict(refine(raw), "\\boxed{5}") == "kept"
     assert verdict(refine(raw), "\\boxed{6}") == "wrong_answer"
     assert verdict("5", "\\boxed{5}") == "bad_format"
+
+
+def test_the_report_says_how_the_teachers_distributions_did_against_its_answers_either_way():
+    said = lambda low, high: distillation_outcome({"diff": (low + high) / 2, "diff_ci95": (low, high)}, 0.3, 0.25)
+    assert said(0.01, 0.09).startswith("The teacher's distributions taught the student more than its answers alone, "
+                                       "beyond the noise: logit distillation 0.300 vs SFT on the answers 0.250, "
+                                       "+0.050 (95% CI +0.010 to +0.090)")
+    assert said(-0.09, -0.01).startswith("The teacher's distributions taught the student less than its answers alone, "
+                                         "beyond the noise: logit distillation 0.300 vs SFT on the answers 0.250, -0.050")
+    assert said(-0.01, 0.0).startswith("The teacher's distributions taught the student as much as its answers alone, "
+                                       "within the noise")   # an interval that touches 0 is within the noise
 
 
 def test_the_report_says_where_sft2_started_and_a_bad_start_is_one_line():
