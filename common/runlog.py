@@ -110,9 +110,20 @@ def summary(out: Path, metric: str, first_eval: dict, last: dict, checkpoint) ->
     return "\n".join(lines)
 
 
-def plot_metrics(metrics_path: str | Path, keys: list[str], out_path: str | Path, title: str = "") -> Path | None:
+REDRAW_SECONDS = 30.0         # the training curves, redrawn at a checkpoint at most this often (and at the end)
+_drawn: dict[str, float] = {}  # each PNG: when this process last drew it
+
+
+def plot_metrics(metrics_path: str | Path, keys: list[str], out_path: str | Path, title: str = "",
+                 at_most_every: float = 0.0) -> Path | None:
     """One PNG with a panel per metric against `step`: the raw values (a light line, points when there
-    are few), a dark moving mean when there are many; integer step ticks; lines thick enough for a projector."""
+    are few), a dark moving mean when there are many; integer step ticks; lines thick enough for a projector.
+    `at_most_every` (seconds): no redraw sooner than that after this process last drew the file (a
+    drawing costs ~0.4 s: the loops redraw at each checkpoint, at most every REDRAW_SECONDS, and always at
+    the last); returns None when it skipped."""
+    if time.monotonic() - _drawn.get(str(out_path), -math.inf) < at_most_every:
+        return None
+    _drawn[str(out_path)] = time.monotonic()
     records = read_jsonl(metrics_path)
     keys = [k for k in keys if any(_finite(r.get(k)) for r in records)]
     if not records or not keys:

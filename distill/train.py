@@ -27,7 +27,7 @@ from common.config import arg
 from common.memory import peak_memory_gib, print_plan
 from lm.loading import resolve_device
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps, time_is_up
-from common.runlog import append_jsonl, open_run, plot_metrics, summary
+from common.runlog import REDRAW_SECONDS, append_jsonl, open_run, plot_metrics, summary
 from common.trackers import start as start_trackers
 from distill.loss import KINDS, distillation_loss
 from distill.onpolicy import is_on_policy, student_batch
@@ -232,7 +232,8 @@ def main(config: DistillConfig) -> dict:
             ckpt.save_training(out, step + 1, student, tokenizer, optimizer, scheduler,
                                {"data_position": (step + 1) * accum}, keep=config.keep_checkpoints)
             if dist.is_main():
-                plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "distillation")
+                plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "distillation",
+                             at_most_every=0 if final else REDRAW_SECONDS)
         if out_of_time:
             break
     trackers.close()

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from common import dist
 from common.memory import Parked, activation_offload, peak_memory_gib, print_plan
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps, time_is_up
-from common.runlog import append_jsonl, open_run, phase_clock, plot_metrics, summary
+from common.runlog import REDRAW_SECONDS, append_jsonl, open_run, phase_clock, plot_metrics, summary
 from common.trackers import start as start_trackers
 from evaluation import eval_metrics
 from grpo.advantages import group_advantages
@@ -282,15 +282,17 @@ def write_step(run: Run, step: int, record: dict, groups) -> None:
     run.trackers.samples(step, shown)
 
 
-def save(run: Run, step: int, position: int) -> None:
-    """A checkpoint (weights, optimizer, schedule, data position, curriculum) and the curves."""
+def save(run: Run, step: int, position: int, final: bool) -> None:
+    """A checkpoint (weights, optimizer, schedule, data position, curriculum) and the curves (at most every
+    REDRAW_SECONDS, and at the run's last)."""
     ckpt.save_training(run.out, step, run.model, run.tokenizer, run.optimizer, run.scheduler,
                        {"data_position": position,
                         **({"curriculum": run.curriculum.state_dict()} if run.curriculum is not None else {})},
                        keep=run.config.keep_checkpoints)
     if dist.is_main():
         plot_metrics(run.out / "metrics.jsonl", PLOT_KEYS[:1] + [f"reward/{r.name}" for r in run.specs] + PLOT_KEYS[1:],
-                     run.out / "training_curves.png", "GRPO")  # each reward's curve after the total
+                     run.out / "training_curves.png", "GRPO",  # each reward's curve after the total
+                     at_most_every=0 if final else REDRAW_SECONDS)
 
 
 def main(config: GRPOConfig) -> dict:
@@ -335,7 +337,7 @@ def main(config: GRPOConfig) -> dict:
         last = record
         stop_after_bad_steps(run.bad_updates, step + 1, ckpt.latest_checkpoint(run.out))
         if (step + 1) % config.save_every == 0 or final:
-            save(run, step + 1, position)
+            save(run, step + 1, position, final)
         if out_of_time:
             break
     run.trackers.close()

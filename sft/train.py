@@ -20,7 +20,7 @@ from common.config import arg
 from common.memory import ACTIVATION_OFFLOAD_HELP, activation_offload, peak_memory_gib, print_plan
 from lm.loading import enable_checkpointing, resolve_device
 from common.optim import clipped_step, make_optimizer, make_scheduler, stop_after_bad_steps, time_is_up
-from common.runlog import append_jsonl, open_run, plot_metrics, summary
+from common.runlog import REDRAW_SECONDS, append_jsonl, open_run, plot_metrics, summary
 from common.trackers import start as start_trackers
 from evaluation import eval_metrics
 from lm import checkpoint as ckpt
@@ -136,7 +136,8 @@ def main(config: SFTConfig) -> dict:
             ckpt.save_training(out, step + 1, model, tokenizer, optimizer, scheduler, {"data_position": position},
                                keep=config.keep_checkpoints)
             if dist.is_main():
-                plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "SFT")
+                plot_metrics(out / "metrics.jsonl", PLOT_KEYS, out / "training_curves.png", "SFT",
+                             at_most_every=0 if final else REDRAW_SECONDS)
         if out_of_time:
             break
     trackers.close()

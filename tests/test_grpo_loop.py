@@ -58,6 +58,8 @@ def test_run_py_grpo_trains_and_writes_every_output(tmp_path):
     assert all(f"\\boxed{{{s['gold']}}}" in golds[s["prompt"]] for s in samples)
     assert f"last checkpoint: {out / 'checkpoint-3'}" in proc.stdout and "reward " in proc.stdout
     assert (out / "training_curves.png").stat().st_size > 1000
+    # redrawn at most every 30 s at a checkpoint, but always at the last: drawn after the last step's line
+    assert (out / "training_curves.png").stat().st_mtime_ns >= (out / "metrics.jsonl").stat().st_mtime_ns
     trained = AutoModelForCausalLM.from_pretrained(out / "checkpoint-3")
     start = tiny_model()
     changed = [not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), start.state_dict().values())]

@@ -22,6 +22,12 @@ def test_plots_have_integer_step_ticks_and_thick_lines(tmp_path, monkeypatch):
         ticks = [t for t in ax.get_xticks() if 1 <= t <= 5]
         assert ticks and all(t == int(t) for t in ticks), ticks        # 5 steps: no tick at 1.5
         assert min(line.get_linewidth() for line in ax.lines) >= 2
+    # a redraw sooner than at_most_every seconds after this process's last drawing of the file is skipped
+    drawn = (tmp_path / "curves.png").stat().st_mtime_ns
+    assert plot_metrics(metrics, ["reward", "loss"], tmp_path / "curves.png", at_most_every=60) is None
+    assert len(saved) == 1 and (tmp_path / "curves.png").stat().st_mtime_ns == drawn
+    assert plot_metrics(metrics, ["reward", "loss"], tmp_path / "curves.png", at_most_every=0) is not None
+    assert len(saved) == 2
 
 
 def test_checkpoint_files_are_readable_like_the_rest(tmp_path):
