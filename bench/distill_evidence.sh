@@ -19,9 +19,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-STUDENT=${1:?base or cut}
+STUDENT=${1:?usage: bash bench/distill_evidence.sh base|cut [TEACHER]}
 TEACHER=${2:-runs/demo/sft/checkpoint-80}
 OUT=${OUT:-runs/distill-evidence}/$STUDENT
+case $STUDENT in base|cut) ;; *) echo "distill_evidence.sh: the student is base or cut, not '$STUDENT'" >&2; exit 2 ;; esac
 [ -d "$TEACHER" ] || { echo "distill_evidence.sh: no teacher at $TEACHER (make demo trains one)" >&2; exit 2; }
 mkdir -p "$OUT"
 rm -f "$OUT/times.tsv"
@@ -39,7 +40,6 @@ case $STUDENT in
     ROWS="--dataset arithmetic --train-examples 3000"
     WHO="--student-from-teacher-layers greedy:20"
     BUDGET="--max-steps 1000 --max-minutes 24 --save-every 1000" ;;
-  *) echo "distill_evidence.sh: the student is base or cut, not '$STUDENT'" >&2; exit 2 ;;
 esac
 run() {  # name, flags...: one arm, its wall-clock seconds in $OUT/times.tsv
   local name=$1 start=$SECONDS; shift
