@@ -47,16 +47,17 @@ run() {  # name, flags...: one arm, its wall-clock seconds in $OUT/times.tsv
   "$PY" run.py distill $COMMON $ROWS $WHO "$@" --output-dir "$OUT/$name"
   printf '%s\t%s\n' "$name" $((SECONDS - start)) >> "$OUT/times.tsv"
 }
-for kind in forward_kl reverse_kl jsd; do
+KINDS="forward_kl reverse_kl jsd"
+for kind in $KINDS; do
   run "pick-$kind" --alpha 1 --temperature 1 --kind "$kind" --max-steps 10 --save-every 10
-  if [ "$STUDENT" = cut ]; then  # the first run chose the layers; the others reuse them ("0,1,2,...," is a list)
+  if [ "$STUDENT" = cut ] && [ "$kind" = forward_kl ]; then  # the first run chose the layers; the others reuse them
     WHO="--student-from-teacher-layers $("$PY" -c "import json; print(''.join(f'{i},' for i in json.load(open('$OUT/pick-forward_kl/student.json'))['layers']))")"
-  fi
+  fi                                                         # ("0,1,2,...," is a list)
 done
-KIND=$("$PY" - "$OUT" <<'EOF'
+# shellcheck disable=SC2086
+KIND=$("$PY" - "$OUT" $KINDS <<'EOF'
 import json, sys
-ce = {k: [json.loads(l) for l in open(f"{sys.argv[1]}/pick-{k}/metrics.jsonl")][-1]["ce"]
-      for k in ("forward_kl", "reverse_kl", "jsd")}
+ce = {k: [json.loads(l) for l in open(f"{sys.argv[1]}/pick-{k}/metrics.jsonl")][-1]["ce"] for k in sys.argv[2:]}
 print(", ".join(f"{k} {v:.3f}" for k, v in ce.items()), file=sys.stderr)
 print(min(ce, key=ce.get))
 EOF

@@ -36,18 +36,22 @@ def stage_comparisons(stages: dict) -> list[tuple[str, str, str]]:
                                         "distillation (its answers alone): the same student, answers and steps")]
 
 
+def beyond_noise(comparison: dict) -> bool:
+    """A paired difference whose 95% interval leaves out 0."""
+    low, high = comparison["diff_ci95"]
+    return low > 0 or high < 0
+
+
 def distillation_outcome(comparison: dict, logit: float, answers: float) -> str:
     """The report's sentence on stage 7's question, whichever way the paired comparison of logit
     distillation (`logit`) against SFT on the teacher's answers (`answers`) came out."""
     low, high = comparison["diff_ci95"]
     said = (f"logit distillation {logit:.3f} vs SFT on the answers {answers:.3f}, {comparison['diff']:+.3f} "
             f"(95% CI {low:+.3f} to {high:+.3f})")
-    if low > 0:
-        verdict = "taught the student more than its answers alone, beyond the noise"
-    elif high < 0:
-        verdict = "taught the student less than its answers alone, beyond the noise"
-    else:
+    if not beyond_noise(comparison):
         verdict = "taught the student as much as its answers alone, within the noise"
+    else:
+        verdict = f"taught the student {'more' if low > 0 else 'less'} than its answers alone, beyond the noise"
     return (f"The teacher's distributions {verdict}: {said} (docs/distillation.md: the runs that made SFT on "
             "the answers the stage's method, and why the distributions, unfiltered where the answers are kept "
             "only when right, may teach less).")
@@ -156,7 +160,7 @@ def write_report(out: Path, folder: Path, models: list[tuple[str, str]], stages:
         for r in runs:
             c = paired(results[baseline][r["name"]]["per_problem"], results[trained][r["name"]]["per_problem"])
             comparisons[f"{trained} vs {baseline}, {r['name']}"] = c
-            beyond = " **beyond the noise**" if c["diff_ci95"][0] > 0 or c["diff_ci95"][1] < 0 else ""
+            beyond = " **beyond the noise**" if beyond_noise(c) else ""
             cells.append(f"{c['diff']:+.3f} ({c['diff_ci95'][0]:+.3f} to {c['diff_ci95'][1]:+.3f}){beyond} | "
                          f"{c['gained']} / {c['lost']} | {c['p_sign_test']:.3g}")
         lines.append(f"| {what} | " + " | ".join(cells) + " |")
